@@ -1,0 +1,5 @@
+"""Allow `python -m rpq`."""
+
+from rpq.cli import main
+
+main()

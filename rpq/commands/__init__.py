@@ -1,0 +1,1 @@
+"""Typer command functions; each imports its heavy modules only when it runs."""
