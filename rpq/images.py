@@ -1,0 +1,503 @@
+"""Find input images under a folder, check them, and prepare the bytes to send."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import os
+import stat
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rpq.errors import InputError, UsageError
+
+if TYPE_CHECKING:
+    # Pillow is imported inside the functions that need it, so importing this module (and
+    # running `rpq --help`) stays fast.
+    from PIL import Image
+
+# --------------------------------------------------------------------------- discovery
+
+# Bytes read from each file to tell images from everything else.
+SNIFF_BYTES = 32
+
+_BMP_DIB_HEADER_SIZES = {12, 16, 40, 52, 56, 64, 108, 124}
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """An image found under the batch root."""
+
+    path: Path  # absolute; a symlink stays the link's own path
+    rel: str  # POSIX path relative to the batch root, e.g. "sub/dir/a b.jpg"
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An entry under the batch root that will not be sent, and why."""
+
+    rel: str
+    reason: str
+
+
+def sniff(head: bytes) -> str | None:
+    """The image kind ("png", "jpeg", "webp", "gif", "bmp", "tiff") of a file's first bytes."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    # "BM" alone is too weak (any text can start with it); the DIB header size pins it down.
+    if head[:2] == b"BM" and len(head) >= 18:
+        (dib_size,) = struct.unpack_from("<I", head, 14)
+        if dib_size in _BMP_DIB_HEADER_SIZES:
+            return "bmp"
+    return None
+
+
+def _describe_non_image(head: bytes) -> str:
+    if head.startswith(b"%PDF"):
+        return "not an image (content is PDF)"
+    if head.startswith(b"PK\x03\x04"):
+        return "not an image (content is a ZIP archive)"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        # The sniff window may cut a multi-byte character in half.
+        try:
+            text = head[:-3].decode("utf-8")
+        except UnicodeDecodeError:
+            text = ""
+    if text and all(c.isprintable() or c in "\t\r\n\f" for c in text):
+        return "not an image (content is text)"
+    return "not an image (unrecognised content: " + head[:8].hex(" ") + ")"
+
+
+def _os_reason(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "symlink loop"
+    text = exc.strerror or exc.__class__.__name__
+    return text[:1].lower() + text[1:]
+
+
+def _matches(patterns: Sequence[str], rel: str, name: str) -> bool:
+    for pattern in patterns:
+        target = rel if "/" in pattern else name
+        if fnmatchcase(target.lower(), pattern.lower()):
+            return True
+    return False
+
+
+def discover(
+    root: Path,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    recursive: bool = True,
+) -> Iterator[ImageFile | Skipped]:
+    """Stream the images under `root`, and the entries that cannot be used, in a stable order.
+
+    Order: depth-first; the entries of each directory are sorted by name (code point order),
+    with files and directories interleaved, so a directory's contents come out at the place
+    where its name sorts. Only one directory is listed at a time, and only its names are kept.
+
+    Patterns (fnmatch, case-insensitive): a pattern without "/" is matched against the entry's
+    name, so "*.jpg" matches at any depth; a pattern with "/" is matched against the whole
+    relative path ("raw/*.png"; "*" also crosses "/"). A file is kept when it matches some
+    `include` pattern (or there are none) and no `exclude` pattern. `exclude` also prunes
+    directories whose name or path matches. Filtered-out and hidden (".name") entries are
+    dropped silently; everything else that is not a usable image comes back as `Skipped`.
+
+    Images are recognised by content, not extension. Symlinks are followed; a directory that
+    was already entered is not entered again (`Skipped` "symlink loop" when it is one of its
+    own ancestors). Raises UsageError at once when `root` is missing or not a directory.
+    """
+    try:
+        st = os.stat(root)
+    except FileNotFoundError:
+        raise UsageError(f"{root} does not exist. Pass a folder of images.") from None
+    except OSError as exc:
+        raise UsageError(f"cannot open {root} ({_os_reason(exc)}).") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"{root} is not a directory. Pass a folder of images.")
+    return _walk(
+        os.path.abspath(root), (st.st_dev, st.st_ino), tuple(include), tuple(exclude), recursive
+    )
+
+
+def _list_names(path: str) -> list[str]:
+    with os.scandir(path) as it:
+        return sorted(entry.name for entry in it)
+
+
+def _walk(
+    root: str,
+    root_key: tuple[int, int],
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    recursive: bool,
+) -> Iterator[ImageFile | Skipped]:
+    try:
+        names = _list_names(root)
+    except OSError as exc:
+        raise UsageError(f"cannot list {root} ({_os_reason(exc)}).") from None
+
+    # One frame per open directory: (path, rel prefix, remaining names, identity).
+    stack: list[tuple[str, str, Iterator[str], tuple[int, int]]] = [
+        (root, "", iter(names), root_key)
+    ]
+    del names
+    ancestors = {root_key}
+    entered: dict[tuple[int, int], str] = {root_key: "."}
+
+    while stack:
+        dir_path, prefix, remaining, key = stack[-1]
+        name = next(remaining, None)
+        if name is None:
+            stack.pop()
+            ancestors.discard(key)
+            continue
+        if name.startswith("."):
+            continue
+        path = os.path.join(dir_path, name)
+        rel = prefix + name
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT and os.path.islink(path):
+                yield Skipped(rel, "broken symlink")
+            elif exc.errno == errno.ENOENT:
+                yield Skipped(rel, "vanished while listing")
+            else:
+                yield Skipped(rel, _os_reason(exc))
+            continue
+
+        if stat.S_ISDIR(st.st_mode):
+            if not recursive or _matches(exclude, rel, name):
+                continue
+            dir_key = (st.st_dev, st.st_ino)
+            if dir_key in ancestors:
+                yield Skipped(rel, "symlink loop")
+                continue
+            if dir_key in entered:
+                yield Skipped(rel, f"same directory as {entered[dir_key]!r}, already walked")
+                continue
+            try:
+                names = _list_names(path)
+            except OSError as exc:
+                yield Skipped(rel, "unreadable: " + _os_reason(exc))
+                continue
+            entered[dir_key] = rel
+            ancestors.add(dir_key)
+            stack.append((path, rel + "/", iter(names), dir_key))
+            del names
+            continue
+
+        if include and not _matches(include, rel, name):
+            continue
+        if _matches(exclude, rel, name):
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            yield Skipped(rel, "not a regular file")
+            continue
+        if st.st_size == 0:
+            yield Skipped(rel, "empty file")
+            continue
+        yield _sniff_file(path, rel)
+
+
+def _sniff_file(path: str, rel: str) -> ImageFile | Skipped:
+    try:
+        # O_NONBLOCK: if the file was swapped for a FIFO since stat(), open must not hang.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        return Skipped(rel, "unreadable: " + _os_reason(exc))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return Skipped(rel, "not a regular file")
+        head = os.read(fd, SNIFF_BYTES)
+    except OSError as exc:
+        return Skipped(rel, "unreadable: " + _os_reason(exc))
+    finally:
+        os.close(fd)
+    if not head:
+        return Skipped(rel, "empty file")
+    if sniff(head) is None:
+        return Skipped(rel, _describe_non_image(head))
+    return ImageFile(Path(path), rel)
+
+
+# --------------------------------------------------------------------------- preparation
+
+FORMATS = ("png", "jpeg", "webp")
+JPEG_QUALITY = 92
+WEBP_QUALITY = 90
+
+_MIME = {
+    "png": "image/png",
+    "jpeg": "image/jpeg",
+    "webp": "image/webp",
+    "gif": "image/gif",
+    "bmp": "image/bmp",
+    "tiff": "image/tiff",
+}
+# Our kind -> the Pillow plugin that decodes it.
+_PIL_FORMAT = {
+    "png": "PNG",
+    "jpeg": "JPEG",
+    "webp": "WEBP",
+    "gif": "GIF",
+    "bmp": "BMP",
+    "tiff": "TIFF",
+}
+# Modes whose ICC profile still describes the pixels after a conversion within the family.
+_COLOUR_FAMILY = {"RGB": "rgb", "RGBA": "rgb", "RGBX": "rgb", "P": "rgb", "L": "grey", "LA": "grey"}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The bytes to send for one image, and what they are."""
+
+    source: ImageFile
+    data: bytes  # original bytes when no re-encode was asked
+    mime: str  # "image/png", "image/jpeg", "image/webp", ...
+    ext: str  # "png" | "jpeg" | "webp" | "gif" | "bmp" | "tiff"
+    width: int  # of `data` as stored: EXIF orientation is applied only when re-encoding
+    height: int
+    digest: str  # sha256 hex of the ORIGINAL file bytes
+
+
+def content_digest(path: Path) -> str:
+    """sha256 hex of a file's bytes, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _normalise_format(fmt: str | None) -> str | None:
+    if fmt is None:
+        return None
+    low = fmt.lower().lstrip(".")
+    low = "jpeg" if low == "jpg" else low
+    if low not in FORMATS:
+        raise UsageError(f"unknown image format {fmt!r}; use one of: {', '.join(FORMATS)}.")
+    return low
+
+
+def prepare(
+    image: ImageFile,
+    *,
+    max_side: int | None = None,
+    fmt: str | None = None,
+    max_pixels: int = 100_000_000,
+) -> Prepared:
+    """Read one image, check that it decodes, and re-encode it when `max_side` or `fmt` asks.
+
+    With neither, the original bytes are sent untouched (still fully decoded once, to catch
+    truncated or corrupt files). With either, EXIF orientation is applied, the long side is
+    brought down to `max_side` (never up), metadata other than a still-valid ICC colour
+    profile is dropped, and the result is encoded as `fmt` ("png" | "jpeg" | "webp"; default:
+    png stays png, jpeg stays jpeg, anything else becomes png). Animated images keep only
+    their first frame when re-encoded. Raises InputError naming the file and what to do.
+    """
+    target = _normalise_format(fmt)
+    if max_side is not None and max_side < 1:
+        raise UsageError(f"max side must be a positive number of pixels, not {max_side}.")
+    rel = image.rel
+    try:
+        original = image.path.read_bytes()
+    except OSError as exc:
+        raise InputError(
+            f"{rel}: cannot read it ({_os_reason(exc)}). "
+            "Check its permissions or remove it from the folder."
+        ) from None
+    if not original:
+        raise InputError(f"{rel}: empty file. Remove it from the folder.")
+    digest = hashlib.sha256(original).hexdigest()
+    kind = sniff(original[:SNIFF_BYTES])
+    if kind is None:
+        raise InputError(
+            f"{rel}: {_describe_non_image(original[:SNIFF_BYTES])}. "
+            "Remove it from the folder or exclude it."
+        )
+
+    im = _open_checked(original, kind, rel, max_pixels)
+    try:
+        if kind == "png":
+            # Pillow's decoder stops once it has every row, so a PNG cut after its last pixels
+            # (no IEND, broken checksum) would pass; verify() walks every chunk and its CRC.
+            _verify_png(original, rel)
+        if max_side is None and target is None:
+            _load(im, rel)
+            return Prepared(image, original, _MIME[kind], kind, im.width, im.height, digest)
+        out_kind = target or (kind if kind in ("png", "jpeg") else "png")
+        data, width, height = _reencode(im, rel, out_kind, max_side)
+    finally:
+        im.close()
+    return Prepared(image, data, _MIME[out_kind], out_kind, width, height, digest)
+
+
+def _corrupt(rel: str, exc: BaseException) -> InputError:
+    detail = str(exc) or exc.__class__.__name__
+    return InputError(
+        f"{rel}: truncated or corrupt image ({detail}). Re-export it or remove it from the folder."
+    )
+
+
+def _too_big(rel: str, size: tuple[int, int] | None, max_pixels: int) -> InputError:
+    what = f"{size[0]}x{size[1]} pixels" if size else "too many pixels"
+    return InputError(
+        f"{rel}: image header claims {what}, over the limit of {max_pixels:,} pixels "
+        "(possibly a decompression bomb). Check the file; if it is genuine, downscale it "
+        "before the batch."
+    )
+
+
+def _open_checked(data: bytes, kind: str, rel: str, max_pixels: int) -> Image.Image:
+    """Open `data` with the plugin for `kind`, reading only the header, and check its size."""
+    from PIL import Image
+
+    Image.init()
+    try:
+        factory, _accept = Image.OPEN[_PIL_FORMAT[kind]]
+    except KeyError:
+        raise InputError(
+            f"{rel}: this Pillow cannot decode {kind} images. "
+            "Install a Pillow built with it, or convert the file."
+        ) from None
+    # The plugin factory is what Image.open calls; calling it directly skips Pillow's own
+    # process-wide MAX_IMAGE_PIXELS check, which warns (an error under strict warning
+    # filters) at a different threshold than ours. Our limit is applied just below.
+    try:
+        im = factory(io.BytesIO(data), "")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise _too_big(rel, None, max_pixels) from None
+    except Exception as exc:
+        raise _corrupt(rel, exc) from None
+    width, height = im.size
+    if width * height > max_pixels:
+        im.close()
+        raise _too_big(rel, (width, height), max_pixels)
+    return im
+
+
+def _verify_png(data: bytes, rel: str) -> None:
+    from PIL import PngImagePlugin
+
+    try:
+        with PngImagePlugin.PngImageFile(io.BytesIO(data)) as im:
+            im.verify()
+    except Exception as exc:
+        raise _corrupt(rel, exc) from None
+
+
+def _load(im: Image.Image, rel: str) -> None:
+    from PIL import Image
+
+    try:
+        im.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputError(
+            f"{rel}: {exc} Check the file; if it is genuine, re-export it at a smaller size."
+        ) from None
+    except Exception as exc:
+        raise _corrupt(rel, exc) from None
+
+
+def _has_alpha(im: Image.Image) -> bool:
+    return im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+
+
+def _normalise_mode(im: Image.Image, out_kind: str) -> Image.Image:
+    """A copy of `im` in a mode `out_kind` can store; alpha is flattened onto white for JPEG."""
+    from PIL import Image
+
+    alpha = _has_alpha(im)
+    if out_kind == "jpeg":
+        if alpha:
+            rgba = im.convert("RGBA")
+            flat = Image.new("RGB", rgba.size, (255, 255, 255))
+            flat.paste(rgba, mask=rgba.getchannel("A"))
+            rgba.close()
+            return flat
+        return im.copy() if im.mode in ("RGB", "L") else im.convert("RGB")
+    if (
+        out_kind == "png"
+        and im.mode in ("RGB", "RGBA", "L", "LA", "I;16")
+        and not (alpha and im.mode in ("RGB", "L"))
+    ):
+        return im.copy()
+    if alpha:
+        return im.convert("RGBA")
+    if out_kind == "png" and im.mode == "1":
+        return im.convert("L")
+    return im.convert("RGB")
+
+
+def _reencode(
+    im: Image.Image, rel: str, out_kind: str, max_side: int | None
+) -> tuple[bytes, int, int]:
+    from PIL import Image
+
+    # Read before decoding: TIFF keeps orientation in tags that do not survive a conversion.
+    orientation = im.getexif().get(0x0112, 1)
+    icc = im.info.get("icc_profile")
+    src_mode = im.mode
+    width, height = im.size
+    new_size = None
+    if max_side is not None and max(width, height) > max_side:
+        scale = max_side / max(width, height)
+        new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        if im.format in ("JPEG", "MPO"):
+            # Let libjpeg decode at 1/2..1/8 scale, but keep at least twice the target so the
+            # LANCZOS step below still sets the quality. The whole stream is still decoded.
+            im.draft(None, (new_size[0] * 2, new_size[1] * 2))
+    _load(im, rel)
+
+    frame = _normalise_mode(im, out_kind)
+    if new_size is not None and frame.size != new_size:
+        smaller = frame.resize(new_size, Image.Resampling.LANCZOS)
+        frame.close()
+        frame = smaller
+    method = {
+        2: Image.Transpose.FLIP_LEFT_RIGHT,
+        3: Image.Transpose.ROTATE_180,
+        4: Image.Transpose.FLIP_TOP_BOTTOM,
+        5: Image.Transpose.TRANSPOSE,
+        6: Image.Transpose.ROTATE_270,
+        7: Image.Transpose.TRANSVERSE,
+        8: Image.Transpose.ROTATE_90,
+    }.get(orientation)
+    if method is not None:
+        turned = frame.transpose(method)
+        frame.close()
+        frame = turned
+
+    keep_icc = (
+        icc is not None
+        and _COLOUR_FAMILY.get(src_mode) is not None
+        and _COLOUR_FAMILY.get(src_mode) == _COLOUR_FAMILY.get(frame.mode)
+    )
+    frame.info = {}  # strip EXIF, XMP, text chunks and comments
+    options: dict[str, object] = {"icc_profile": icc if keep_icc else None}
+    if out_kind == "jpeg":
+        options["quality"] = JPEG_QUALITY
+    elif out_kind == "webp":
+        options["quality"] = WEBP_QUALITY
+    buf = io.BytesIO()
+    try:
+        frame.save(buf, format=out_kind.upper(), **options)
+        return buf.getvalue(), frame.width, frame.height
+    finally:
+        frame.close()
