@@ -8,6 +8,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
+from rpq.commands import report as report_cmd
 from rpq.commands import serve as serve_cmd
 
 
@@ -36,6 +37,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
+app.command("report")(report_cmd.report)
 app.command("serve")(serve_cmd.serve)
 
 

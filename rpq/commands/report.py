@@ -1,0 +1,92 @@
+"""`rpq report`: analyse a run's job_metrics.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+_SLA_HELP = (
+    "SLA on total time (submit to result) as PERCENT:SECONDS pairs; "
+    "exit code 1 when any line fails."
+)
+
+
+def report(
+    metrics: Annotated[
+        Path,
+        typer.Argument(
+            help="job_metrics.json written by `rpq batch` (or the folder holding it).",
+            show_default=False,
+            metavar="METRICS.json",
+        ),
+    ],
+    sla: Annotated[
+        str, typer.Option("--sla", metavar="PCT:SECS,...", help=_SLA_HELP)
+    ] = "95:60,99:120",
+    compare: Annotated[
+        Path | None,
+        typer.Option(
+            "--compare", help="Another run's job_metrics.json: side by side, with deltas."
+        ),
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            "--plot", metavar="FILE.png", help="Write a timeline of every job to this PNG file."
+        ),
+    ] = None,
+    cost_per_hour: Annotated[
+        float | None,
+        typer.Option(
+            "--cost-per-hour",
+            min=0.0,
+            metavar="PRICE",
+            help="GPU price in $/hour: estimate what the run cost.",
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON document on stdout instead of tables.")
+    ] = False,
+    slowest: Annotated[
+        int,
+        typer.Option("--slowest", min=0, metavar="N", help="How many of the slowest jobs to list."),
+    ] = 5,
+) -> None:
+    """Summarise a run: latency percentiles, SLA check, failures, slowest jobs, cost.
+
+    The report goes to stdout (tables, or JSON with --json); notes go to stderr.
+    Exit code 0 when every SLA line passes, 1 when one fails, 2 for a bad file or option.
+    """
+    import json
+
+    from rpq import report as rep
+    from rpq.errors import ExitCode
+    from rpq.metrics import load_metrics
+
+    options = rep.ReportOptions(
+        sla=rep.parse_sla(sla), slowest=slowest, cost_per_hour=cost_per_hour
+    )
+    current = load_metrics(metrics)
+    baseline = load_metrics(compare) if compare is not None else None
+    document = rep.build_report(
+        current,
+        options,
+        source=str(metrics),
+        baseline=baseline,
+        baseline_source=str(compare or ""),
+    )
+    if plot is not None:
+        rep.plot_timeline(current.jobs, plot)
+        document["plot"] = str(plot)
+        typer.echo(f"wrote timeline plot to {plot}", err=True)
+    if as_json:
+        typer.echo(json.dumps(document, indent=2, ensure_ascii=False))
+    else:
+        from rich.console import Console
+
+        rep.render_text(document, Console(highlight=False))
+    if not document["sla"]["passed"]:
+        typer.echo("SLA not met: see the SLA lines of the report", err=True)
+        raise typer.Exit(int(ExitCode.FAILED))
