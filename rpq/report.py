@@ -465,6 +465,11 @@ class _Span:
     cold: bool
     label: str
 
+    def edges(self) -> tuple[float, float, float, float]:
+        """Start, end of queue, end of processing, end; clipped to the job's end."""
+        queue_end = min(self.start + self.queue, self.end)
+        return self.start, queue_end, min(queue_end + self.process, self.end), self.end
+
 
 def plot_timeline(jobs: Sequence[JobRecord], path: Path, *, title: str = "") -> None:
     """Draw one bar per job (queue, processing, rest) on a shared time axis; write a PNG."""
@@ -475,42 +480,39 @@ def plot_timeline(jobs: Sequence[JobRecord], path: Path, *, title: str = "") -> 
         raise UsageError("cannot plot: no job has a submit time and a total time")
     t0 = min(s.start for s in spans)
     span = max(max(s.end for s in spans) - t0, 1e-3)
+    # Many jobs share a pixel row (implicit binning) so the picture stays under ~2000 px.
     row = min(_MAX_ROW, _MAX_PLOT_HEIGHT / len(spans))
     labelled = row >= 14
-    fonts = (_font(13), _font(16))
-    left = 190 if labelled else 70
-    top, right, bottom = 56, 30, 90
-    plot_w = _WIDTH - left - right
-    plot_h = math.ceil(row * len(spans))
-    image = Image.new("RGB", (_WIDTH, top + plot_h + bottom), _COLOURS["background"])
+    font, big = _font(14), _font(18)
+    left, top = (200 if labelled else 80), 60
+    plot_w, plot_h = _WIDTH - left - 40, math.ceil(row * len(spans))
+    image = Image.new("RGB", (_WIDTH, top + plot_h + 96), _COLOURS["background"])
     draw = ImageDraw.Draw(image)
-
-    def x_of(t: float) -> float:
-        return left + (t - t0) / span * plot_w
-
-    _draw_axis(draw, fonts[0], (left, top, plot_w, plot_h), span)
-    for index, s in enumerate(spans):
+    _draw_axis(draw, font, (left, top, plot_w, plot_h), span)
+    # Failures and cold starts last, so a shared pixel row shows them rather than hides them.
+    order = sorted(range(len(spans)), key=lambda i: (spans[i].failed, spans[i].cold))
+    for index in order:
+        s = spans[index]
         y0 = top + index * row
         y1 = y0 + row - (max(1.0, row * 0.2) if row >= 6 else 0)
-        _draw_bar(draw, s, x_of, int(y0), max(int(y0), math.ceil(y1) - 1), left)
+        xs = [left + (t - t0) / span * plot_w for t in s.edges()]
+        _draw_bar(draw, s, xs, (int(y0), max(int(y0), math.ceil(y1) - 1)), left)
         if labelled:
             draw.text(
-                (8, y0 + row / 2),
+                (10, y0 + row / 2),
                 _clip(s.label, 26),
                 fill=_COLOURS["text"],
-                font=fonts[0],
+                font=font,
                 anchor="lm",
             )
     if not labelled:
-        _draw_row_ticks(draw, fonts[0], len(spans), row, top, left)
-    failed = sum(s.failed for s in spans)
-    cold = sum(s.cold for s in spans)
+        _draw_row_ticks(draw, font, len(spans), row, top, left)
     heading = title or (
-        f"rpq timeline: {len(spans)} jobs, {failed} failed, {cold} cold starts, "
-        f"span {_fmt_duration(span)}"
+        f"rpq timeline: {len(spans)} jobs, {sum(s.failed for s in spans)} failed, "
+        f"{sum(s.cold for s in spans)} cold starts, span {_fmt_duration(span)}"
     )
-    draw.text((left, 18), heading, fill=_COLOURS["text"], font=fonts[1])
-    _draw_legend(draw, fonts[0], left, top + plot_h + 48)
+    draw.text((left, 20), heading, fill=_COLOURS["text"], font=big)
+    _draw_legend(draw, font, left, top + plot_h + 56)
     _save_png(image, Path(path))
 
 
@@ -534,30 +536,24 @@ def _spans(jobs: Sequence[JobRecord]) -> list[_Span]:
     return spans
 
 
-def _draw_bar(draw: ImageDraw.ImageDraw, s: _Span, x_of: Any, y0: int, y1: int, left: int) -> None:
+def _draw_bar(
+    draw: ImageDraw.ImageDraw, s: _Span, xs: list[float], rows: tuple[int, int], left: int
+) -> None:
     # Queue first, then processing; what is left of the total (polling, transfer) is grey.
-    x_start, x_end = x_of(s.start), x_of(s.end)
-    x_queue = min(x_of(s.start + s.queue), x_end)
-    x_proc = min(x_of(s.start + s.queue + s.process), x_end)
-    queue_colour = _COLOURS["cold"] if s.cold else _COLOURS["queue"]
-    if s.failed:
-        queue_colour = _COLOURS["cold"] if s.cold else _COLOURS["failed_queue"]
-    process_colour = _COLOURS["failed"] if s.failed else _COLOURS["process"]
-    other_colour = _COLOURS["failed"] if s.failed else _COLOURS["other"]
-    for a, b, colour in (
-        (x_start, x_queue, queue_colour),
-        (x_queue, x_proc, process_colour),
-        (x_proc, x_end, other_colour),
-    ):
+    y0, y1 = rows
+    queue = _COLOURS["cold" if s.cold else ("failed_queue" if s.failed else "queue")]
+    process = _COLOURS["failed" if s.failed else "process"]
+    rest = _COLOURS["failed" if s.failed else "other"]
+    for a, b, colour in ((xs[0], xs[1], queue), (xs[1], xs[2], process), (xs[2], xs[3], rest)):
         if b - a >= 0.5:
             draw.rectangle((round(a), y0, max(round(a), round(b) - 1), y1), fill=colour)
-    if x_end - x_start < 1:
-        draw.rectangle((round(x_start), y0, round(x_start), y1), fill=process_colour)
+    if xs[3] - xs[0] < 1:
+        draw.rectangle((round(xs[0]), y0, round(xs[0]), y1), fill=process)
     # Gutter marks keep failures and cold starts visible even at one pixel per job.
     if s.failed:
-        draw.rectangle((left - 7, y0, left - 4, y1), fill=_COLOURS["failed"])
+        draw.rectangle((left - 8, y0, left - 5, y1), fill=_COLOURS["failed"])
     if s.cold:
-        draw.rectangle((left - 12, y0, left - 9, y1), fill=_COLOURS["cold"])
+        draw.rectangle((left - 13, y0, left - 10, y1), fill=_COLOURS["cold"])
 
 
 def _draw_axis(
@@ -571,13 +567,17 @@ def _draw_axis(
         draw.line((x, top, x, top + plot_h), fill=_COLOURS["grid"])
         draw.line((x, top + plot_h, x, top + plot_h + 5), fill=_COLOURS["text"])
         draw.text(
-            (x, top + plot_h + 8), _fmt_clock(tick), fill=_COLOURS["text"], font=font, anchor="ma"
+            (x, top + plot_h + 8),
+            _fmt_clock(tick, span),
+            fill=_COLOURS["text"],
+            font=font,
+            anchor="ma",
         )
         tick += step
     draw.line((left, top + plot_h, left + plot_w, top + plot_h), fill=_COLOURS["text"])
     draw.text(
-        (left + plot_w, top + plot_h + 26),
-        "time since first submit",
+        (left + plot_w, top + plot_h + 28),
+        "time since first submit" + (" (m:ss)" if span >= 120 else ""),
         anchor="ra",
         fill=_COLOURS["text"],
         font=font,
@@ -587,12 +587,12 @@ def _draw_axis(
 def _draw_row_ticks(
     draw: ImageDraw.ImageDraw, font: Any, n: int, row: float, top: int, left: int
 ) -> None:
-    every = _nice_step(n / 12, integers=True)
-    draw.text((8, top - 16), "job #", fill=_COLOURS["text"], font=font)
-    for number in range(0, n, int(every)):
-        y = top + number * row
-        draw.line((left - 16, y, left - 13, y), fill=_COLOURS["text"])
-        draw.text((left - 18, y), str(number + 1), fill=_COLOURS["text"], font=font, anchor="rm")
+    every = int(_nice_step(n / 12, integers=True))
+    draw.text((10, top - 20), "job #", fill=_COLOURS["text"], font=font)
+    for number in (1, *range(every, n + 1, every)):
+        y = top + (number - 0.5) * row
+        draw.line((left - 22, y, left - 18, y), fill=_COLOURS["text"])
+        draw.text((left - 25, y), str(number), fill=_COLOURS["text"], font=font, anchor="rm")
 
 
 def _draw_legend(draw: ImageDraw.ImageDraw, font: Any, x: int, y: int) -> None:
@@ -673,16 +673,21 @@ def _time_step(raw: float) -> float:
     return 86400 * math.ceil(raw / 86400)
 
 
-def _fmt_clock(seconds: float) -> str:
-    if seconds < 120:
+def _fmt_clock(seconds: float, span: float) -> str:
+    """Axis label: seconds for short runs, m:ss (or h:mm:ss) for longer ones."""
+    if span < 120:
         return f"{seconds:g}s"
-    return _fmt_duration(seconds)
+    minutes, secs = divmod(round(seconds), 60)
+    if span < 3600:
+        return f"{minutes}:{secs:02d}"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
-def _number(value: object) -> float | None:
+def _number(value: object) -> float | int | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value)
+    return value
 
 
 def _r3(value: float | None) -> float | None:
