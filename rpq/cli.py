@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
+from rpq.commands import batch as batch_cmd
+from rpq.commands import ops as ops_cmd
 from rpq.commands import report as report_cmd
 from rpq.commands import serve as serve_cmd
 
@@ -15,7 +16,7 @@ from rpq.commands import serve as serve_cmd
 class _ErrorBoundary(TyperGroup):
     """The one place where RpqError becomes `error: ...` on stderr and an exit code."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         from rpq.errors import ExitCode, RpqError
 
         try:
@@ -37,8 +38,12 @@ app = typer.Typer(
     add_completion=False,
 )
 
-app.command("report")(report_cmd.report)
+app.command("batch")(batch_cmd.batch)
 app.command("serve")(serve_cmd.serve)
+app.command("health")(ops_cmd.health)
+app.command("cancel")(ops_cmd.cancel)
+app.command("purge")(ops_cmd.purge)
+app.command("report")(report_cmd.report)
 
 
 def main() -> None:

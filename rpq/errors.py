@@ -51,10 +51,17 @@ class EndpointNotFound(EndpointError):
 class APIError(RpqError):
     """An HTTP answer rpq did not expect; carries the status and the parsed body."""
 
-    def __init__(self, message: str, status: int | None = None, body: object = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        status: int | None = None,
+        body: object = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.body = body
+        self.retry_after = retry_after
 
 
 class InputError(RpqError):

@@ -1,0 +1,247 @@
+"""The only module that speaks HTTP: a small client for the RunPod queue API."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from rpq import __version__
+from rpq.errors import APIError, AuthError, EndpointError, EndpointNotFound
+
+#: (connect, read) seconds; long polls add their wait to the read timeout.
+DEFAULT_TIMEOUT = (5.0, 30.0)
+
+
+class TransportError(APIError):
+    """No HTTP answer at all: connection refused or reset, timeout, truncated body."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Connection errors, 408, 429 and 5xx are worth retrying; every other 4xx is final."""
+    if isinstance(exc, TransportError):
+        return True
+    if isinstance(exc, APIError) and exc.status is not None:
+        return exc.status in (408, 429) or exc.status >= 500
+    return False
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A parsed HTTP answer: status code and JSON body (or the raw text under "text")."""
+
+    status: int
+    body: Any
+
+
+def _parse(resp: requests.Response) -> Any:
+    try:
+        return resp.json()
+    except ValueError:
+        text = resp.text.strip()
+        return {"text": text[:500]}
+
+
+def _describe(body: Any) -> str:
+    if isinstance(body, dict):
+        for key in ("error", "message", "detail", "text"):
+            if body.get(key):
+                return str(body[key])[:300]
+    return json.dumps(body)[:300] if body is not None else "no body"
+
+
+class RunPodClient:
+    """RunPod queue operations for one endpoint: run, status, cancel, retry, purge, health.
+
+    Thread-safe: one pooled requests.Session is shared by every thread. The API key lives
+    only in the session's Authorization header; it never appears in a repr, URL or error.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        endpoint_id: str,
+        api_key: str | None,
+        *,
+        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+        pool_size: int = 32,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.endpoint_id = endpoint_id
+        self.url = f"{self.base_url}/{quote(endpoint_id, safe='')}"
+        self.timeout = timeout
+        self._session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(pool_size, 4), max_retries=0)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        self._session.headers["User-Agent"] = f"rpq/{__version__}"
+        if api_key:
+            self._session.headers["Authorization"] = f"Bearer {api_key}"
+        self._lock = threading.Lock()
+        self.requests_sent: dict[str, int] = {}
+
+    def __repr__(self) -> str:
+        return f"RunPodClient(url={self.url!r})"
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> RunPodClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- operations -------------------------------------------------------------------------
+
+    def run(self, body: bytes) -> dict[str, Any]:
+        """POST /run with a ready JSON body; returns {"id", "status"}."""
+        reply = self._call("run", "POST", "/run", data=body)
+        if not isinstance(reply.body, dict) or not reply.body.get("id"):
+            raise APIError(
+                f"/run answered without a job id: {_describe(reply.body)}", 200, reply.body
+            )
+        return reply.body
+
+    def status(self, job_id: str, wait_ms: int | None = None) -> dict[str, Any]:
+        """GET /status/{id}, or /status-sync/{id}?wait= when wait_ms is given (a long poll)."""
+        if wait_ms is None:
+            reply = self._call("status", "GET", f"/status/{quote(job_id, safe='')}")
+        else:
+            read = self.timeout[1] + wait_ms / 1000.0
+            reply = self._call(
+                "status-sync",
+                "GET",
+                f"/status-sync/{quote(job_id, safe='')}",
+                params={"wait": int(wait_ms)},
+                timeout=(self.timeout[0], read),
+            )
+        return self._job_body(reply)
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        reply = self._call("cancel", "POST", f"/cancel/{quote(job_id, safe='')}")
+        return reply.body if isinstance(reply.body, dict) else {"answer": reply.body}
+
+    def retry(self, job_id: str) -> dict[str, Any]:
+        reply = self._call("retry", "POST", f"/retry/{quote(job_id, safe='')}")
+        return reply.body if isinstance(reply.body, dict) else {"answer": reply.body}
+
+    def purge(self) -> dict[str, Any]:
+        reply = self._call("purge-queue", "POST", "/purge-queue")
+        return reply.body if isinstance(reply.body, dict) else {"answer": reply.body}
+
+    def health(self) -> dict[str, Any]:
+        """GET /health; 401 and 404 become AuthError / EndpointNotFound (the run cannot start)."""
+        try:
+            reply = self._call("health", "GET", "/health")
+        except TransportError as exc:
+            raise EndpointError(
+                f"cannot reach the endpoint at {self.url} ({exc}). "
+                "Check --base-url / RUNPOD_ENDPOINT_BASE_URL and your network."
+            ) from None
+        except APIError as exc:
+            if exc.status == 401:
+                raise AuthError(
+                    f"the endpoint refused the API key (401 at {self.url}/health). "
+                    "Check --api-key / RUNPOD_API_KEY."
+                ) from None
+            if exc.status == 404:
+                raise EndpointNotFound(
+                    f"endpoint '{self.endpoint_id}' not found at {self.base_url} (404). "
+                    "Check --endpoint / RUNPOD_ENDPOINT_ID."
+                ) from None
+            raise
+        return reply.body if isinstance(reply.body, dict) else {}
+
+    def download(self, url: str, *, max_bytes: int, timeout: float) -> bytes:
+        """GET an output URL (http/https only, size-capped); no API key is sent with it."""
+        if not url.lower().startswith(("http://", "https://")):
+            raise APIError(f"refusing to download {url[:80]!r}: only http(s) URLs are fetched")
+        try:
+            with requests.get(
+                url, stream=True, timeout=(5.0, timeout), allow_redirects=True
+            ) as resp:
+                if resp.status_code >= 400:
+                    raise APIError(f"download failed: HTTP {resp.status_code} for {url[:120]}",
+                                   resp.status_code)
+                return b"".join(_capped(resp.iter_content(65536), max_bytes, url))
+        except requests.RequestException as exc:
+            raise TransportError(f"download failed for {url[:120]}: {type(exc).__name__}") from None
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _job_body(self, reply: Reply) -> dict[str, Any]:
+        body = reply.body
+        if not isinstance(body, dict) or not isinstance(body.get("status"), str):
+            raise APIError(
+                f"job status answer has no status: {_describe(body)}", reply.status, body
+            )
+        return body
+
+    def _call(
+        self,
+        op: str,
+        method: str,
+        path: str,
+        *,
+        data: bytes | None = None,
+        params: dict[str, Any] | None = None,
+        timeout: tuple[float, float] | None = None,
+    ) -> Reply:
+        with self._lock:
+            self.requests_sent[op] = self.requests_sent.get(op, 0) + 1
+        headers = {"Content-Type": "application/json"} if data is not None else None
+        try:
+            resp = self._session.request(
+                method,
+                self.url + path,
+                data=data,
+                params=params,
+                headers=headers,
+                timeout=timeout or self.timeout,
+            )
+        except requests.RequestException as exc:
+            # str(exc) can be long and carries the URL; the type and cause are what help.
+            raise TransportError(f"{op}: {type(exc).__name__}: {_short_cause(exc)}") from None
+        body = _parse(resp)
+        if resp.status_code >= 400:
+            raise APIError(
+                f"{op}: HTTP {resp.status_code}: {_describe(body)}",
+                resp.status_code,
+                body,
+                retry_after=_retry_after_header(resp.headers.get("Retry-After")),
+            )
+        return Reply(resp.status_code, body)
+
+
+def _short_cause(exc: BaseException) -> str:
+    text = str(exc)
+    for marker in ("Connection refused", "Connection reset", "Read timed out", "timed out",
+                   "RemoteDisconnected", "Connection aborted", "IncompleteRead"):
+        if marker in text:
+            return marker
+    return text[:120]
+
+
+def _retry_after_header(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _capped(chunks: Iterator[bytes], limit: int, url: str) -> Iterator[bytes]:
+    total = 0
+    for chunk in chunks:
+        total += len(chunk)
+        if total > limit:
+            raise APIError(f"download of {url[:120]} exceeds {limit // (1 << 20)} MB; not saved")
+        yield chunk

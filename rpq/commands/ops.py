@@ -1,0 +1,171 @@
+"""`rpq health`, `rpq cancel`, `rpq purge`: look at and tidy an endpoint."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from rpq.commands.common import ApiKeyOpt, BaseUrlOpt
+
+EndpointArg = Annotated[
+    str | None,
+    typer.Argument(envvar="RUNPOD_ENDPOINT_ID", show_envvar=True, show_default=False,
+                   help="Endpoint id (default: RUNPOD_ENDPOINT_ID)."),
+]
+
+
+def _client(endpoint: str | None, api_key: str | None, base_url: str | None) -> Any:
+    from rpq.api import RunPodClient
+    from rpq.errors import UsageError
+    from rpq.settings import resolve_endpoint
+
+    ep = resolve_endpoint(endpoint, api_key, base_url)
+    if ep.local:
+        raise UsageError(
+            "no endpoint given. Pass an endpoint id (or set RUNPOD_ENDPOINT_ID); to look at a "
+            "local one, run `rpq serve` and set RUNPOD_ENDPOINT_BASE_URL to the URL it prints."
+        )
+    return RunPodClient(ep.base_url, ep.endpoint_id, ep.api_key)
+
+
+def health(
+    endpoint: EndpointArg = None,
+    api_key: ApiKeyOpt = None,
+    base_url: BaseUrlOpt = None,
+    watch: Annotated[float | None, typer.Option("--watch", min=0.5,
+                     help="Refresh every S seconds until Ctrl-C.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the reply and the diagnosis "
+                        "as JSON on stdout.")] = False,
+) -> None:
+    """Workers and jobs of an endpoint, with a diagnosis. Exit 0 healthy, 1 degraded."""
+    from rpq.health import diagnose
+
+    client = _client(endpoint, api_key, base_url)
+    with client:
+        if watch is None or json_out:
+            reply = client.health()
+            diagnosis = diagnose(reply)
+            if json_out:
+                print(json.dumps({"endpoint": client.endpoint_id, "health": reply,
+                                  **diagnosis.to_dict()}, indent=2))
+            else:
+                from rich.console import Console
+
+                Console().print(_health_view(client.endpoint_id, diagnosis))
+            raise typer.Exit(1 if diagnosis.degraded else 0)
+        from rich.console import Console
+        from rich.live import Live
+
+        degraded = False
+        with Live(console=Console(), refresh_per_second=2) as live:
+            try:
+                while True:
+                    diagnosis = diagnose(client.health())
+                    degraded = diagnosis.degraded
+                    live.update(_health_view(client.endpoint_id, diagnosis))
+                    time.sleep(watch)
+            except KeyboardInterrupt:
+                pass
+        raise typer.Exit(1 if degraded else 0)
+
+
+def _health_view(endpoint_id: str, diagnosis: Any) -> Any:
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    workers = Table(title=f"endpoint {endpoint_id}: workers", title_justify="left")
+    for key in diagnosis.workers:
+        workers.add_column(key, justify="right")
+    workers.add_row(*(str(v) for v in diagnosis.workers.values()))
+    jobs = Table(title="jobs", title_justify="left")
+    for key in diagnosis.jobs:
+        jobs.add_column(key, justify="right")
+    jobs.add_row(*(str(v) for v in diagnosis.jobs.values()))
+    style = "yellow" if diagnosis.degraded else "green"
+    notes = [Text(f"- {line}", style=style) for line in diagnosis.findings]
+    return Group(workers, jobs, Text("diagnosis:", style="bold"), *notes)
+
+
+def cancel(
+    job_ids: Annotated[list[str] | None, typer.Argument(help="Job ids to cancel.")] = None,
+    endpoint: Annotated[str | None, typer.Option("--endpoint", "-e", envvar="RUNPOD_ENDPOINT_ID",
+                        help="Endpoint id.")] = None,
+    api_key: ApiKeyOpt = None,
+    base_url: BaseUrlOpt = None,
+    journal: Annotated[Path | None, typer.Option(
+        "--journal", help="A batch's output folder (or its journal file): cancel every job it "
+        "shows still in flight.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the answers as JSON.")] = False,
+) -> None:
+    """Cancel jobs, by id or everything a batch's journal shows still in flight."""
+    from rpq.errors import APIError, UsageError
+    from rpq.journal import JOURNAL_NAME, Journal
+    from rpq.limiter import Limiters
+    from rpq.submit import Caller
+
+    targets: list[tuple[str, str | None]] = [(j, None) for j in job_ids or []]
+    book = None
+    if journal is not None:
+        path = journal / JOURNAL_NAME if journal.is_dir() else journal
+        if not path.exists():
+            raise UsageError(f"no journal at {path}. Pass the output folder of a batch.")
+        book = Journal(path)
+        targets += [(e.job_id, e.key) for e in book.in_flight() if e.job_id]
+        if endpoint is None:
+            endpoints = {e.endpoint for e in book.in_flight() if e.endpoint}
+            if len(endpoints) == 1:
+                endpoint = endpoints.pop()
+    if not targets:
+        if journal is not None:
+            print("nothing to cancel: the journal shows no job in flight.", file=sys.stderr)
+            raise typer.Exit(0)
+        raise UsageError("give job ids to cancel, or --journal OUT to cancel a batch's leftovers.")
+    client = _client(endpoint, api_key, base_url)
+    caller = Caller(client, Limiters())
+    answers = []
+    failed = 0
+    with client:
+        for job_id, key in targets:
+            try:
+                answer: Any = caller.cancel(job_id)
+            except APIError as exc:
+                failed += 1
+                answer = {"error": str(exc)}
+            answers.append({"id": job_id, "answer": answer})
+            if book is not None and key is not None:
+                book.cancelled(key, job_id, answer, "rpq cancel")
+            if not json_out:
+                status = answer.get("status") if isinstance(answer, dict) else None
+                print(f"{job_id}: {status or answer.get('error') or answer}")
+    if book is not None:
+        book.close()
+    if json_out:
+        print(json.dumps(answers, indent=2))
+    raise typer.Exit(1 if failed else 0)
+
+
+def purge(
+    endpoint: EndpointArg = None,
+    api_key: ApiKeyOpt = None,
+    base_url: BaseUrlOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Remove every queued job of the endpoint (running jobs go on)."""
+    client = _client(endpoint, api_key, base_url)
+    with client:
+        if not yes:
+            queued = client.health().get("jobs", {}).get("inQueue", "?")
+            if not sys.stdin.isatty():
+                from rpq.errors import UsageError
+
+                raise UsageError("purge needs confirmation: pass --yes when not on a terminal.")
+            typer.confirm(f"Remove all {queued} queued job(s) of {client.endpoint_id}?",
+                          abort=True, err=True)
+        answer = client.purge()
+    print(json.dumps(answer))

@@ -1,0 +1,174 @@
+"""Crash-safe record of every job of a batch, so a rerun resumes instead of redoing work."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rpq.errors import UsageError
+
+JOURNAL_NAME = ".rpq-journal.jsonl"
+
+
+def job_key(digest: str, settings_fingerprint: str) -> str:
+    """The journal key: image content plus the request settings, not the file name."""
+    return hashlib.sha256(f"{digest}:{settings_fingerprint}".encode()).hexdigest()[:32]
+
+
+@dataclass
+class Entry:
+    """What the journal knows about one key, folded from its lines in order."""
+
+    key: str
+    rel: str = ""
+    state: str = "new"  # intent | submitted | done | failed
+    job_id: str | None = None
+    endpoint: str | None = None
+    base_url: str | None = None
+    attempts: int = 0
+    record: dict[str, Any] | None = None
+    cancels: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def in_flight(self) -> bool:
+        return self.state == "submitted" and self.job_id is not None
+
+
+class Journal:
+    """Append-only JSON lines, one write() per event; safe against a crash at any moment.
+
+    Each line is written with a single os.write on an O_APPEND descriptor, so a SIGKILL leaves
+    whole lines plus at most one torn last line, which the reader skips. `sync()` adds fsync
+    for power loss; it is called at the end of a run.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self.entries: dict[str, Entry] = {}
+        self.torn_lines = 0
+        if path.exists():
+            self._load()
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        for event in self._events():
+            self._apply(event)
+
+    def _events(self) -> Iterator[dict[str, Any]]:
+        try:
+            with self.path.open("rb") as fh:
+                for raw in fh:
+                    try:
+                        event = json.loads(raw)
+                    except ValueError:
+                        self.torn_lines += 1
+                        continue
+                    if isinstance(event, dict) and isinstance(event.get("key"), str):
+                        yield event
+                    else:
+                        self.torn_lines += 1
+        except OSError as exc:
+            raise UsageError(
+                f"cannot read the journal {self.path}: {exc.strerror}. "
+                "Fix its permissions, or pass --fresh to start over."
+            ) from None
+
+    def _apply(self, event: dict[str, Any]) -> None:
+        key = event["key"]
+        entry = self.entries.get(key)
+        if entry is None:
+            entry = self.entries[key] = Entry(key)
+        kind = event.get("event")
+        if isinstance(event.get("rel"), str):
+            entry.rel = event["rel"]
+        if kind == "intent":
+            entry.state = "intent"
+            entry.job_id = None
+            entry.attempts = int(event.get("attempt", entry.attempts + 1))
+        elif kind == "submitted":
+            entry.state = "submitted"
+            entry.job_id = event.get("job_id")
+            entry.endpoint = event.get("endpoint")
+            entry.base_url = event.get("base_url")
+        elif kind == "cancel":
+            entry.cancels.append({k: event.get(k) for k in ("job_id", "answer", "reason")})
+        elif kind == "lost":
+            entry.state = "intent"
+            entry.job_id = None
+        elif kind == "end":
+            record = event.get("record")
+            entry.record = record if isinstance(record, dict) else None
+            status = entry.record.get("status") if entry.record else None
+            entry.state = "done" if status == "COMPLETED" else "failed"
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def _write(self, event: dict[str, Any]) -> None:
+        event.setdefault("ts", round(time.time(), 3))
+        line = (json.dumps(event, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+        with self._lock:
+            if self._fd is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            os.write(self._fd, line)
+            self._apply(event)
+
+    def intent(self, key: str, rel: str, attempt: int) -> None:
+        """Before a /run is sent: a crash after this line and before `submitted` is an orphan."""
+        self._write({"event": "intent", "key": key, "rel": rel, "attempt": attempt})
+
+    def submitted(self, key: str, job_id: str, endpoint: str, base_url: str) -> None:
+        self._write({"event": "submitted", "key": key, "job_id": job_id,
+                     "endpoint": endpoint, "base_url": base_url})
+
+    def cancelled(self, key: str, job_id: str, answer: object, reason: str) -> None:
+        self._write({"event": "cancel", "key": key, "job_id": job_id,
+                     "answer": answer, "reason": reason})
+
+    def lost(self, key: str, job_id: str, reason: str) -> None:
+        """The endpoint no longer knows the job (expired): it may be submitted again."""
+        self._write({"event": "lost", "key": key, "job_id": job_id, "reason": reason})
+
+    def end(self, key: str, record: dict[str, Any]) -> None:
+        self._write({"event": "end", "key": key, "rel": record.get("input", ""), "record": record})
+
+    def sync(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.fsync(self._fd)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.fsync(self._fd)
+                os.close(self._fd)
+                self._fd = None
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- questions --------------------------------------------------------------------------
+
+    def get(self, key: str) -> Entry | None:
+        return self.entries.get(key)
+
+    def in_flight(self) -> list[Entry]:
+        """Jobs the endpoint accepted and whose end this journal never saw."""
+        return [e for e in self.entries.values() if e.in_flight]
+
+    def orphans(self) -> list[Entry]:
+        """Intents with no job id: the process died between sending /run and its answer."""
+        return [e for e in self.entries.values() if e.state == "intent"]

@@ -1,0 +1,235 @@
+"""Polling a job to its end: long polls where the endpoint holds them, adaptive polls otherwise."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from rpq.api import is_transient
+from rpq.errors import APIError
+from rpq.limiter import Clock, Sleep
+from rpq.submit import Caller
+
+TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
+STARTED = frozenset({"IN_PROGRESS", "RUNNING"})
+
+#: Longest a single long poll is held; short enough to notice a stall and refresh the table.
+MAX_LONG_POLL = 20.0
+
+
+class StallDetector:
+    """Tells a stalled queue from ordinary queueing behind the batch's own jobs.
+
+    A queued job is stuck once it has waited `max_queue_time` and either the endpoint made no
+    progress on the batch for that long (no job of the batch seen starting, running or
+    finishing), or a job submitted after it has already started (the queue moved past it).
+    """
+
+    def __init__(self, max_queue_time: float, clock: Clock = time.monotonic) -> None:
+        self.max_queue_time = max_queue_time
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._max_started_seq = -1
+        self.last_progress = clock()
+
+    def next_seq(self) -> int:
+        with self._lock:
+            self._seq += 1
+            return self._seq
+
+    def observed(self, seq: int, status: str) -> None:
+        if status in STARTED or status in TERMINAL:
+            with self._lock:
+                self.last_progress = self._clock()
+                if status in STARTED or status == "COMPLETED":
+                    self._max_started_seq = max(self._max_started_seq, seq)
+
+    def stuck(self, seq: int, queued_since: float) -> str | None:
+        """Why the job counts as stuck, or None while it is only waiting its turn."""
+        now = self._clock()
+        waited = now - queued_since
+        if waited < self.max_queue_time:
+            return None
+        with self._lock:
+            idle = now - self.last_progress
+            overtaken = self._max_started_seq > seq
+        if idle >= self.max_queue_time:
+            return f"the endpoint made no progress on the batch for {idle:.0f}s"
+        if overtaken:
+            return f"still queued after {waited:.0f}s while jobs submitted later have started"
+        return None
+
+
+class Timing:
+    """What the batch has learned of the endpoint: moving averages of queue and run times."""
+
+    def __init__(self, alpha: float = 0.3) -> None:
+        self._alpha = alpha
+        self._lock = threading.Lock()
+        self.execution: float | None = None
+
+    def learn(self, body: dict[str, Any]) -> None:
+        exec_ms = body.get("executionTime")
+        if isinstance(exec_ms, (int, float)) and exec_ms >= 0:
+            with self._lock:
+                sec = exec_ms / 1000.0
+                self.execution = sec if self.execution is None else (
+                    self._alpha * sec + (1 - self._alpha) * self.execution
+                )
+
+
+@dataclass
+class PollResult:
+    """How waiting for a job ended. `body` is the last job object seen (None if never)."""
+
+    outcome: str  # terminal | stalled | max_wait | expired | error | interrupted
+    body: dict[str, Any] | None
+    reason: str = ""
+    started_at: float | None = None  # monotonic time the job was first seen started
+
+
+class Poller:
+    """Waits for one job at a time (call from many threads); one instance per batch."""
+
+    def __init__(
+        self,
+        caller: Caller,
+        detector: StallDetector,
+        timing: Timing,
+        *,
+        max_wait: float,
+        mode: str = "auto",
+        clock: Clock = time.monotonic,
+        sleep: Sleep = time.sleep,
+    ) -> None:
+        self.caller = caller
+        self.detector = detector
+        self.timing = timing
+        self.max_wait = max_wait
+        self._long_polls = mode in ("auto", "sync")
+        self._mode = mode
+        self._clock = clock
+        self._sleep = sleep
+        self._unheld = 0
+        self._lock = threading.Lock()
+
+    @property
+    def long_polls(self) -> bool:
+        return self._long_polls
+
+    def _fall_back(self) -> None:
+        if self._mode == "auto":
+            with self._lock:
+                self._long_polls = False
+
+    def wait(
+        self,
+        job_id: str,
+        seq: int,
+        submitted_at: float,
+        *,
+        on_status: Callable[[str], None] | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> PollResult:
+        client = self.caller.client
+        queued_since = submitted_at
+        started_at: float | None = None
+        last: dict[str, Any] | None = None
+        status = "IN_QUEUE"
+        delay = 0.0
+        errors = 0
+        while True:
+            now = self._clock()
+            if now - submitted_at >= self.max_wait:
+                reason = f"no result within --max-wait {self.max_wait:.0f}s"
+                return PollResult("max_wait", last, reason, started_at)
+            if stop is not None and stop():
+                return PollResult("interrupted", last, "interrupted", started_at)
+            if status not in STARTED:
+                stuck = self.detector.stuck(seq, queued_since)
+                if stuck:
+                    return PollResult("stalled", last, stuck, started_at)
+            if delay > 0:
+                self._sleep(delay)
+            long_poll = self._long_polls
+            wait_s = self._long_poll_wait(submitted_at) if long_poll else 0.0
+            asked = self._clock()
+            wait_ms = int(wait_s * 1000) if long_poll else None
+            try:
+                body = self.caller.call(
+                    "status-sync" if long_poll else "status",
+                    lambda: client.status(job_id, wait_ms),  # noqa: B023 - called at once
+                    attempts=1,
+                )
+            except APIError as exc:
+                if exc.status == 404:
+                    if long_poll and self._sync_route_missing(job_id):
+                        continue
+                    return PollResult("expired", last, "the endpoint no longer knows the job "
+                                      "(404: its ttl or result retention expired)", started_at)
+                if long_poll and exc.status in (400, 405, 501):
+                    self._fall_back()
+                    continue
+                if not is_transient(exc):
+                    return PollResult("error", last, str(exc), started_at)
+                errors += 1
+                delay = min(30.0, 0.5 * 2 ** min(errors, 6)) if exc.retry_after is None else min(
+                    exc.retry_after, 60.0)
+                continue
+            errors = 0
+            last = body
+            new_status = str(body.get("status", ""))
+            self.detector.observed(seq, new_status)
+            if new_status != status and on_status is not None:
+                on_status(new_status)
+            if new_status in STARTED and started_at is None:
+                started_at = self._clock()
+            elif new_status == "IN_QUEUE" and status in STARTED:
+                queued_since = self._clock()  # the endpoint put it back (worker lost)
+            status = new_status
+            if status in TERMINAL:
+                self.timing.learn(body)
+                return PollResult("terminal", body, "", started_at)
+            if long_poll:
+                held = self._clock() - asked
+                delay = 0.0 if held >= wait_s * 0.5 else self._note_unheld(wait_s)
+            else:
+                delay = self._next_delay(status, started_at, delay)
+
+    # -- schedule ---------------------------------------------------------------------------
+
+    def _long_poll_wait(self, submitted_at: float) -> float:
+        remaining = self.max_wait - (self._clock() - submitted_at)
+        wait = min(MAX_LONG_POLL, self.detector.max_queue_time / 2, remaining)
+        return max(1.0, wait)
+
+    def _note_unheld(self, wait_s: float) -> float:
+        """A long poll came back early with nothing new: the endpoint does not hold them."""
+        with self._lock:
+            self._unheld += 1
+            if self._unheld >= 3:
+                self._fall_back()
+        return min(1.0, wait_s)
+
+    def _sync_route_missing(self, job_id: str) -> bool:
+        """status-sync said 404: if /status knows the job, the route is what is missing."""
+        try:
+            self.caller.call("status", lambda: self.caller.client.status(job_id), attempts=2)
+        except APIError:
+            return False
+        self._fall_back()
+        return not self._long_polls
+
+    def _next_delay(self, status: str, started_at: float | None, previous: float) -> float:
+        """Poll near the expected end of the job; back off gently while it is not due."""
+        expected = self.timing.execution
+        if status in STARTED and started_at is not None and expected is not None:
+            remaining = started_at + expected - self._clock()
+            if remaining > 0.3:
+                return min(max(remaining * 0.8, 0.2), 10.0)
+            return min(max(previous * 1.5, 0.2), 2.0)
+        return min(max(previous * 1.5, 0.5), 5.0)

@@ -1,0 +1,223 @@
+"""What the user sees while a batch runs: a live table on a terminal, plain lines otherwise."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TextIO
+
+from rpq.metrics import JobRecord, percentile
+
+STATES = ("pending", "queued", "running", "done", "failed", "cancelled", "retried", "skipped")
+
+
+@dataclass
+class Snapshot:
+    """A consistent copy of the tracker for drawing."""
+
+    counts: dict[str, int]
+    total: int | None
+    elapsed: float
+    throughput: float  # finished jobs per second
+    eta: float | None
+    queue_p50: float | None
+    queue_p95: float | None
+    process_p50: float | None
+    process_p95: float | None
+    errors: list[str]
+    health: dict[str, Any] | None
+    spend: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class Tracker:
+    """Thread-safe counters of a running batch; stages report, reporters read snapshots."""
+
+    def __init__(self, clock: Any = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.counts = dict.fromkeys(STATES, 0)
+        self.total: int | None = None
+        self.started = clock()
+        self._queue: deque[float] = deque(maxlen=2000)
+        self._process: deque[float] = deque(maxlen=2000)
+        self._errors: deque[str] = deque(maxlen=4)
+        self._finished = 0
+        self.health: dict[str, Any] | None = None
+        self.spend: float | None = None
+
+    def add(self, state: str, n: int = 1) -> None:
+        with self._lock:
+            self.counts[state] = self.counts.get(state, 0) + n
+
+    def move(self, old: str | None, new: str | None) -> None:
+        with self._lock:
+            if old:
+                self.counts[old] -= 1
+            if new:
+                self.counts[new] = self.counts.get(new, 0) + 1
+
+    def finished(self, record: JobRecord) -> None:
+        with self._lock:
+            self._finished += 1
+            if record.queue_time is not None:
+                self._queue.append(record.queue_time)
+            if record.process_time is not None:
+                self._process.append(record.process_time)
+            if record.status != "COMPLETED" and record.error:
+                self._errors.append(f"{record.input}: {record.error}"[:160])
+
+    def error(self, text: str) -> None:
+        with self._lock:
+            self._errors.append(text[:160])
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            elapsed = max(self._clock() - self.started, 1e-9)
+            throughput = self._finished / elapsed
+            remaining = None if self.total is None else max(
+                self.total - self.counts["done"] - self.counts["failed"]
+                - self.counts["cancelled"] - self.counts["skipped"], 0)
+            eta = remaining / throughput if remaining is not None and throughput > 0 else None
+            queue, process = list(self._queue), list(self._process)
+            return Snapshot(
+                counts=dict(self.counts), total=self.total, elapsed=elapsed,
+                throughput=throughput, eta=eta,
+                queue_p50=percentile(queue, 50), queue_p95=percentile(queue, 95),
+                process_p50=percentile(process, 50), process_p95=percentile(process, 95),
+                errors=list(self._errors), health=self.health, spend=self.spend,
+            )
+
+
+class Reporter(Protocol):
+    def start(self, tracker: Tracker) -> None: ...
+    def job_done(self, record: JobRecord) -> None: ...
+    def message(self, text: str) -> None: ...
+    def stop(self) -> None: ...
+
+
+def _secs(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f}s" if value < 120 else f"{value / 60:.1f}m"
+
+
+def describe(record: JobRecord) -> str:
+    """One plain line per finished job."""
+    times = f"queue {_secs(record.queue_time)} run {_secs(record.process_time)}"
+    if record.status == "COMPLETED":
+        outs = ", ".join(record.outputs) or "-"
+        return f"done    {record.input} -> {outs} ({times})"
+    kind = record.error_kind or record.status.lower()
+    return f"{kind:<7} {record.input}: {record.error or record.status}"
+
+
+class PlainReporter:
+    """One line per finished job on stderr: for pipes, CI logs and --no-progress."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+
+    def start(self, tracker: Tracker) -> None:
+        pass
+
+    def job_done(self, record: JobRecord) -> None:
+        print(describe(record), file=self.stream, flush=True)
+
+    def message(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+    def stop(self) -> None:
+        pass
+
+
+class QuietReporter(PlainReporter):
+    """Messages only (for --json runs that want a clean stderr too)."""
+
+    def job_done(self, record: JobRecord) -> None:
+        pass
+
+
+class RecordingReporter:
+    """Keeps everything it is told; for tests."""
+
+    def __init__(self) -> None:
+        self.records: list[JobRecord] = []
+        self.messages: list[str] = []
+
+    def start(self, tracker: Tracker) -> None:
+        pass
+
+    def job_done(self, record: JobRecord) -> None:
+        self.records.append(record)
+
+    def message(self, text: str) -> None:
+        self.messages.append(text)
+
+    def stop(self) -> None:
+        pass
+
+
+class LiveReporter:
+    """A Rich table on stderr, redrawn a few times a second."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self._live: Any = None
+        self._tracker: Tracker | None = None
+
+    def start(self, tracker: Tracker) -> None:
+        from rich.live import Live
+
+        self._tracker = tracker
+        self._live = Live(get_renderable=self._render, console=self.console,
+                          refresh_per_second=4, transient=False)
+        self._live.start()
+
+    def job_done(self, record: JobRecord) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False)
+
+    def stop(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+
+    def _render(self) -> Any:
+        from rich.table import Table
+
+        assert self._tracker is not None
+        s = self._tracker.snapshot()
+        c = s.counts
+        table = Table(title="rpq batch", title_justify="left", show_header=True,
+                      header_style="bold", expand=False)
+        for name in ("queued", "running", "done", "failed", "retried", "cancelled", "skipped"):
+            table.add_column(name, justify="right")
+        table.add_row(*(str(c.get(n, 0)) for n in
+                        ("queued", "running", "done", "failed", "retried", "cancelled", "skipped")))
+        finished = c["done"] + c["failed"] + c["cancelled"] + c["skipped"]
+        total = "?" if s.total is None else str(s.total)
+        lines = [
+            f"{finished}/{total} finished   {s.throughput * 60:.1f} jobs/min   "
+            f"ETA {_secs(s.eta)}   elapsed {_secs(s.elapsed)}",
+            f"queue p50 {_secs(s.queue_p50)} p95 {_secs(s.queue_p95)}   "
+            f"process p50 {_secs(s.process_p50)} p95 {_secs(s.process_p95)}",
+        ]
+        if s.health:
+            w = s.health.get("workers") or {}
+            lines.append("workers " + "  ".join(
+                f"{k} {w.get(k, 0)}" for k in
+                ("idle", "ready", "initializing", "running", "throttled", "unhealthy")))
+        if s.spend is not None:
+            lines.append(f"estimated spend ${s.spend:.4f}")
+        lines += [f"! {e}" for e in s.errors]
+        from rich.console import Group
+        from rich.text import Text
+
+        return Group(table, *(Text(line) for line in lines))

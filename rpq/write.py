@@ -1,0 +1,141 @@
+"""Writing results: images out of the job's output, atomically, never outside the output folder."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from rpq.api import RunPodClient
+from rpq.errors import APIError
+from rpq.extract import Artifact, OutputError, extract, sniff_format
+
+EXT = {"jpeg": "jpg", "tiff": "tif"}
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Temp file in the same folder, then rename: readers see the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".rpq-", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class ResultWriter:
+    """Turns a COMPLETED job into files under `out`, named after the input's relative path."""
+
+    def __init__(
+        self,
+        out: Path,
+        client: RunPodClient | None,
+        *,
+        output_key: str | None = None,
+        save_json: bool = False,
+        download_max_bytes: int = 100 << 20,
+        download_timeout: float = 60.0,
+    ) -> None:
+        self.out = out
+        self._root = out.resolve()
+        self.client = client
+        self.output_key = output_key
+        self.save_json = save_json
+        self.download_max_bytes = download_max_bytes
+        self.download_timeout = download_timeout
+        self._lock = threading.Lock()
+        self._claims: dict[str, str] = {}  # output path (relative) -> input rel that owns it
+
+    def claim_existing(self, rel: str, outputs: Iterable[str]) -> None:
+        """Outputs a previous run wrote for `rel` stay its own."""
+        with self._lock:
+            for name in outputs:
+                self._claims.setdefault(name, rel)
+
+    def write(self, rel: str, job: dict[str, Any]) -> list[str]:
+        """Extract, fetch and write every image; returns the written paths relative to `out`.
+
+        Raises OutputError (nothing usable in the output) or APIError (a download failed);
+        no file is written unless every image was obtained.
+        """
+        artifacts = extract(job.get("output"), self.output_key)
+        blobs = [self._fetch(a) for a in artifacts]
+        formats = []
+        for i, blob in enumerate(blobs):
+            fmt = sniff_format(blob)
+            if fmt is None:
+                raise OutputError(
+                    f"output image {i + 1} is not a recognised image format "
+                    f"({len(blob)} bytes starting {blob[:8]!r})"
+                )
+            formats.append(fmt)
+        stem = self._stem_for(rel, len(blobs), formats)
+        written = []
+        for i, (blob, fmt) in enumerate(zip(blobs, formats, strict=True)):
+            name = f"{stem}_{i + 1}" if len(blobs) > 1 else stem
+            written.append(self._put(f"{name}.{EXT.get(fmt, fmt)}", blob))
+        if self.save_json:
+            text = json.dumps(job, indent=2, ensure_ascii=False).encode()
+            written.append(self._put(f"{stem}.json", text))
+        return written
+
+    def copy_outputs(self, outputs: list[str], rel: str) -> list[str]:
+        """Give `rel` the outputs another input with the same content already has."""
+        written = []
+        for i, name in enumerate(outputs):
+            source = self.out / name
+            suffix = PurePosixPath(name).suffix
+            stem = self._stem_for(rel, len(outputs), [suffix.lstrip(".")] * len(outputs))
+            target = f"{stem}_{i + 1}{suffix}" if len(outputs) > 1 else f"{stem}{suffix}"
+            written.append(self._put(target, source.read_bytes()))
+        return written
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _fetch(self, artifact: Artifact) -> bytes:
+        if artifact.data is not None:
+            return artifact.data
+        if artifact.url is None:  # pragma: no cover - extract() guarantees one of the two
+            raise OutputError("output item carries neither data nor a URL")
+        if self.client is None:
+            raise APIError("output is a URL but downloads are not available here")
+        return self.client.download(
+            artifact.url, max_bytes=self.download_max_bytes, timeout=self.download_timeout
+        )
+
+    def _stem_for(self, rel: str, count: int, formats: list[str]) -> str:
+        """`<dir>/<stem>`, or `<dir>/<stem>_<ext>` when another input already owns the name."""
+        src = PurePosixPath(rel)
+        base = str(src.with_suffix("")) if src.suffix else str(src)
+        candidates = [base, f"{base}_{src.suffix.lstrip('.').lower() or 'out'}"]
+        with self._lock:
+            for stem in candidates:
+                names = self._names(stem, count, formats)
+                if all(self._claims.get(n, rel) == rel for n in names):
+                    for n in names:
+                        self._claims[n] = rel
+                    return stem
+            # Same stem and extension twice is impossible for two files of one folder.
+            raise OutputError(f"cannot find a free output name for {rel}")
+
+    @staticmethod
+    def _names(stem: str, count: int, formats: list[str]) -> list[str]:
+        if count == 1:
+            return [f"{stem}.{EXT.get(formats[0], formats[0])}"]
+        return [f"{stem}_{i + 1}.{EXT.get(f, f)}" for i, f in enumerate(formats)]
+
+    def _put(self, name: str, data: bytes) -> str:
+        target = (self.out / name).resolve()
+        if not target.is_relative_to(self._root):
+            raise OutputError(f"refusing to write {name!r}: it lies outside {self.out}")
+        atomic_write(target, data)
+        return name
