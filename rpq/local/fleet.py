@@ -1,0 +1,786 @@
+"""Jobs, the FIFO queue and simulated workers behind the local endpoint."""
+
+from __future__ import annotations
+
+import copy
+import heapq
+import json
+import logging
+import math
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from rpq.local.faults import FaultDice, FaultSpec, parse_faults
+from rpq.local.handlers import Handler, HandlerFunc, Outcome, call_handler, runpod_error
+
+log = logging.getLogger("rpq.serve")
+
+IN_QUEUE = "IN_QUEUE"
+IN_PROGRESS = "IN_PROGRESS"
+COMPLETED = "COMPLETED"
+FAILED = "FAILED"
+CANCELLED = "CANCELLED"
+TIMED_OUT = "TIMED_OUT"
+TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED, TIMED_OUT})
+
+# Worker states. "waiting" is reported as "ready" for always-on workers, else "idle".
+INITIALIZING = "initializing"
+WAITING = "waiting"
+RUNNING = "running"
+UNHEALTHY = "unhealthy"
+
+MB = 1024 * 1024
+
+# Documented per-endpoint limits per 10 s window (retry and health have none documented).
+DEFAULT_RATE_LIMITS: dict[str, int] = {
+    "run": 1000,
+    "runsync": 2000,
+    "status": 2000,
+    "status-sync": 2000,
+    "stream": 2000,
+    "cancel": 100,
+    "purge-queue": 2,
+}
+OPS: tuple[str, ...] = (
+    "run",
+    "runsync",
+    "status",
+    "status-sync",
+    "stream",
+    "cancel",
+    "retry",
+    "purge-queue",
+    "health",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EndpointConfig:
+    """Everything a LocalEndpoint needs. Times are seconds; wire values are milliseconds.
+
+    rate_limits: None = the documented limits; a dict replaces them (only the ops it
+    names are limited), so {} disables rate limiting.
+    workers_min workers are always on: they cold-start once at start() and are never
+    released; other workers start on demand and leave after idle_timeout.
+    """
+
+    endpoint_id: str = "local"
+    api_key: str | None = field(default=None, repr=False)
+    host: str = "127.0.0.1"
+    port: int = 0
+    handler: str | HandlerFunc = "echo"
+    workers_max: int = 3
+    workers_min: int = 0
+    idle_timeout: float = 5.0
+    cold_start: float = 0.0
+    process_time: float | tuple[float, float] = 0.0
+    faults: str | FaultSpec = ""
+    seed: int | None = None
+    rate_limits: Mapping[str, int] | None = None
+    rate_window: float = 10.0
+    run_retention: float = 1800.0
+    sync_retention: float = 60.0
+    throttled: int = 0
+    slow_delay: float = 1.0
+    crash_downtime: float = 1.0
+    execution_timeout: float = 600.0
+    ttl: float = 86400.0
+    stream_wait: float = 10.0
+    webhook_attempts: int = 3
+    webhook_retry_interval: float = 10.0
+    webhook_timeout: float = 10.0
+    max_body_run: int = 10 * MB
+    max_body_runsync: int = 20 * MB
+    log_requests: bool = False
+
+    def __post_init__(self) -> None:
+        _check(bool(self.endpoint_id) and all(
+            c.isalnum() or c in "-_" for c in self.endpoint_id
+        ), f"endpoint id {self.endpoint_id!r} must be letters, digits, '-' or '_'")
+        _check(_is_int(self.port) and 0 <= self.port <= 65535, "port must be 0..65535")
+        _check(_is_int(self.workers_max) and self.workers_max >= 1, "workers_max must be >= 1")
+        _check(_is_int(self.throttled) and 0 <= self.throttled <= self.workers_max,
+               "throttled must be between 0 and workers_max")
+        _check(_is_int(self.workers_min)
+               and 0 <= self.workers_min <= self.workers_max - self.throttled,
+               "workers_min must be between 0 and workers_max - throttled")
+        for name in ("idle_timeout", "cold_start", "run_retention", "sync_retention",
+                     "slow_delay", "crash_downtime", "webhook_retry_interval", "rate_window"):
+            value = getattr(self, name)
+            _check(_is_number(value) and value >= 0, f"{name} must be a number >= 0")
+        for name in ("execution_timeout", "ttl", "stream_wait", "webhook_timeout"):
+            value = getattr(self, name)
+            _check(_is_number(value) and value > 0, f"{name} must be a number > 0")
+        _check(_is_int(self.webhook_attempts) and self.webhook_attempts >= 1,
+               "webhook_attempts must be >= 1")
+        _check(_is_int(self.max_body_run) and self.max_body_run > 0, "max_body_run must be > 0")
+        _check(_is_int(self.max_body_runsync) and self.max_body_runsync > 0,
+               "max_body_runsync must be > 0")
+        self.process_range()
+        if self.rate_limits is not None:
+            for op, limit in self.rate_limits.items():
+                _check(op in OPS, f"rate limit for unknown operation {op!r}; use one of "
+                       + ", ".join(OPS))
+                _check(_is_int(limit) and limit >= 1, f"rate limit for {op} must be an int >= 1")
+
+    def process_range(self) -> tuple[float, float]:
+        """process_time as a (lo, hi) range in seconds."""
+        pt: Any = self.process_time
+        if _is_number(pt) and pt >= 0:
+            return float(pt), float(pt)
+        if (
+            isinstance(pt, (tuple, list))
+            and len(pt) == 2
+            and all(_is_number(v) for v in pt)
+            and 0 <= pt[0] <= pt[1]
+        ):
+            return float(pt[0]), float(pt[1])
+        raise ValueError(
+            f"process_time must be seconds >= 0 or a (lo, hi) pair with 0 <= lo <= hi, "
+            f"not {pt!r}"
+        )
+
+    def limits(self) -> dict[str, int]:
+        return dict(DEFAULT_RATE_LIMITS if self.rate_limits is None else self.rate_limits)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """A validated /run or /runsync body. Times in seconds; None means the endpoint default."""
+
+    input: Any
+    webhook: str | None = None
+    execution_timeout: float | None = None
+    ttl: float | None = None
+    low_priority: bool = False
+    s3_config: Any = None
+
+
+class JobNotFound(LookupError):
+    """No such job, or it expired."""
+
+
+class JobConflict(ValueError):
+    """The job exists but is in the wrong state for the operation."""
+
+
+@dataclass(eq=False, slots=True)
+class Job:
+    id: str
+    seq: int
+    input: Any
+    sync: bool
+    created: float
+    ttl_at: float
+    execution_timeout: float
+    low_priority: bool
+    webhook: str | None
+    s3_config: Any
+    queued: float
+    gone_at: float
+    status: str = IN_QUEUE
+    started: float | None = None
+    finished: float | None = None
+    timeout_at: float = math.inf
+    worker_id: str | None = None
+    output: Any = None
+    error: str | None = None
+    retried: int = 0
+    attempt: int = 0
+    stuck: bool = False
+    deleted: bool = False
+    chunks: list[Any] = field(default_factory=list)
+    streamed: bool = False
+    final_streamed: bool = False
+    rev: int = 0
+    body: bytes | None = None
+
+
+@dataclass(eq=False, slots=True)
+class _Worker:
+    id: str
+    always_on: bool
+    state: str = INITIALIZING
+
+
+class Fleet:
+    """The queue and its workers; every public method is thread-safe."""
+
+    def __init__(
+        self,
+        config: EndpointConfig,
+        handler: Handler,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.handler = handler
+        self.dice = FaultDice(parse_faults(config.faults), config.seed)
+        self._clock = clock
+        self._process = config.process_range()
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._changed = threading.Condition(self._lock)
+        self._timer = threading.Condition(self._lock)
+        self._stop = threading.Event()
+        self._stopping = False
+        self._paused = False
+        self._jobs: dict[str, Job] = {}
+        self._queue: deque[Job] = deque()
+        self._scalable = 0  # queued jobs allowed to trigger scale-up (not lowPriority)
+        self._workers: list[_Worker] = []
+        self._heap: list[tuple[float, int, str, Job, int]] = []
+        self._heap_seq = 0
+        self._seq = 0
+        self._in_queue = 0
+        self._in_progress = 0
+        self._completed = 0
+        self._failed = 0
+        self._retried = 0
+        self._housekeeper: threading.Thread | None = None
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._housekeeper = threading.Thread(
+            target=self._housekeep, name="rpq-serve-housekeeper", daemon=True
+        )
+        self._housekeeper.start()
+        with self._lock:
+            self._scale_locked()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            self._stopping = True
+            self._work.notify_all()
+            self._changed.notify_all()
+            self._timer.notify_all()
+        if self._housekeeper is not None:
+            self._housekeeper.join(timeout=1.0)
+        # Workers are daemon threads; one may sit inside a user handler, so they are not
+        # joined: handler_sleep and simulated delays end at once on the stop event.
+
+    def pause(self) -> None:
+        with self._lock:
+            self._paused = True
+
+    def resume(self) -> None:
+        with self._lock:
+            self._paused = False
+            self._scale_locked()
+            self._work.notify_all()
+
+    # ---- job operations ----------------------------------------------------------------
+
+    def submit(self, request: JobRequest, *, sync: bool) -> Job:
+        cfg = self.config
+        now = self._clock()
+        job_id = f"sync-{uuid.uuid4()}-u1" if sync else f"{uuid.uuid4()}-u1"
+        ttl = cfg.ttl if request.ttl is None else request.ttl
+        with self._lock:
+            seq = self._seq
+            self._seq += 1
+            job = Job(
+                id=job_id,
+                seq=seq,
+                input=request.input,
+                sync=sync,
+                created=now,
+                ttl_at=now + ttl,
+                execution_timeout=(
+                    cfg.execution_timeout
+                    if request.execution_timeout is None
+                    else request.execution_timeout
+                ),
+                low_priority=request.low_priority,
+                webhook=request.webhook,
+                s3_config=request.s3_config,
+                queued=now,
+                gone_at=now + ttl,
+            )
+            job.stuck = self.dice.job_fault(self.dice.job_rng(seq, 0), ("stuck",)) is not None
+            self._jobs[job_id] = job
+            self._in_queue += 1
+            if not job.stuck:
+                self._enqueue_locked(job, front=False)
+            self._push_locked(job.gone_at, "expire", job, 0)
+        return job
+
+    def status_body(self, job_id: str) -> bytes | None:
+        """The /status JSON for a job, or None when it does not exist (any more)."""
+        with self._lock:
+            job = self._get_locked(job_id, self._clock())
+            if job is None:
+                return None
+            if job.body is not None:
+                return job.body
+            doc = self._doc_locked(job, self._clock())
+            rev = job.rev
+            terminal = job.status in TERMINAL
+        body = _dumps(doc)
+        if terminal:
+            with self._lock:
+                if job.rev == rev:
+                    job.body = body  # terminal bodies never change: encode once
+        return body
+
+    def wait_terminal(self, job_id: str, timeout: float) -> dict[str, Any] | None:
+        """Hold until the job is terminal or `timeout` passes; its current document."""
+        deadline = self._clock() + timeout
+        with self._lock:
+            while True:
+                now = self._clock()
+                job = self._get_locked(job_id, now)
+                if job is None:
+                    return None
+                remaining = deadline - now
+                if job.status in TERMINAL or remaining <= 0 or self._stopping:
+                    return self._doc_locked(job, now)
+                self._changed.wait(min(remaining, job.timeout_at - now, job.gone_at - now))
+
+    def stream(self, job_id: str, timeout: float) -> dict[str, Any] | None:
+        """Drain the job's new stream chunks, holding up to `timeout` while there are none."""
+        deadline = self._clock() + timeout
+        with self._lock:
+            while True:
+                now = self._clock()
+                job = self._get_locked(job_id, now)
+                if job is None:
+                    return None
+                taken: list[Any] = []
+                if job.chunks:
+                    taken, job.chunks = job.chunks, []
+                elif job.status in TERMINAL:
+                    # A plain (non-generator) handler's output is streamed once, at the end.
+                    if (
+                        job.status == COMPLETED
+                        and not job.streamed
+                        and not job.final_streamed
+                        and job.output is not None
+                    ):
+                        job.final_streamed = True
+                        taken = [job.output]
+                elif deadline - now > 0 and not self._stopping:
+                    self._changed.wait(
+                        min(deadline - now, job.timeout_at - now, job.gone_at - now)
+                    )
+                    continue
+                return {"status": job.status, "stream": [{"output": c} for c in taken]}
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        with self._lock:
+            now = self._clock()
+            job = self._get_locked(job_id, now)
+            if job is None:
+                raise JobNotFound(job_id)
+            if job.status == IN_QUEUE:
+                self._unqueue_locked(job)
+            elif job.status == IN_PROGRESS:
+                self._in_progress -= 1
+            else:
+                return {"id": job.id, "status": job.status}
+            job.attempt += 1  # a later result from the handler is discarded
+            self._finish_locked(job, CANCELLED, now)
+            return {"id": job.id, "status": CANCELLED}
+
+    def retry(self, job_id: str) -> dict[str, Any]:
+        with self._lock:
+            now = self._clock()
+            job = self._get_locked(job_id, now)
+            if job is None:
+                raise JobNotFound(job_id)
+            if job.status not in (FAILED, TIMED_OUT):
+                raise JobConflict(
+                    f"job {job.id} is {job.status}; only FAILED or TIMED_OUT jobs can be retried"
+                )
+            self._requeue_locked(job, now, front=False)
+            return {"id": job.id, "status": IN_QUEUE}
+
+    def purge_queue(self) -> int:
+        with self._lock:
+            queued = [j for j in self._jobs.values() if j.status == IN_QUEUE]
+            for job in queued:
+                self._delete_locked(job)
+            return len(queued)
+
+    # ---- inspection --------------------------------------------------------------------
+
+    def health(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            workers = {
+                "idle": 0,
+                "initializing": 0,
+                "ready": 0,
+                "running": 0,
+                "throttled": self.config.throttled,
+                "unhealthy": 0,
+            }
+            for w in self._workers:
+                if w.state == WAITING:
+                    workers["ready" if w.always_on else "idle"] += 1
+                else:
+                    workers[w.state] += 1
+            jobs = {
+                "completed": self._completed,
+                "failed": self._failed,
+                "inProgress": self._in_progress,
+                "inQueue": self._in_queue,
+                "retried": self._retried,
+            }
+        return {"jobs": jobs, "workers": workers}
+
+    def jobs(self) -> list[dict[str, Any]]:
+        with self._lock:
+            now = self._clock()
+            return [self._snapshot_locked(j, now) for j in list(self._jobs.values())
+                    if self._get_locked(j.id, now) is not None]
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            now = self._clock()
+            job = self._get_locked(job_id, now)
+            return None if job is None else self._snapshot_locked(job, now)
+
+    # ---- internals: jobs ---------------------------------------------------------------
+
+    def _get_locked(self, job_id: str, now: float) -> Job | None:
+        # Deadlines are also applied here so a client never sees a job past its deadline,
+        # however late the housekeeper wakes up.
+        job = self._jobs.get(job_id)
+        if job is None:
+            return None
+        if job.gone_at <= now:
+            self._delete_locked(job)
+            return None
+        if job.status == IN_PROGRESS and job.timeout_at <= now:
+            self._time_out_locked(job, now)
+        return job
+
+    def _doc_locked(self, job: Job, now: float) -> dict[str, Any]:
+        doc: dict[str, Any] = {"id": job.id, "status": job.status}
+        if job.started is not None:
+            end = job.finished if job.finished is not None else now
+            doc["delayTime"] = int((job.started - job.queued) * 1000)
+            doc["executionTime"] = int((end - job.started) * 1000)
+        if job.output is not None:
+            doc["output"] = job.output
+        if job.error is not None:
+            doc["error"] = job.error
+        if job.worker_id is not None:
+            doc["workerId"] = job.worker_id
+        return doc
+
+    def _snapshot_locked(self, job: Job, now: float) -> dict[str, Any]:
+        snap = self._doc_locked(job, now)
+        snap.update(
+            input=job.input,
+            output=job.output,
+            error=job.error,
+            workerId=job.worker_id,
+            created=job.created,
+            queued=job.queued,
+            started=job.started,
+            finished=job.finished,
+            retried=job.retried,
+            attempts=job.attempt,
+            sync=job.sync,
+            lowPriority=job.low_priority,
+            webhook=job.webhook,
+            stuck=job.stuck,
+        )
+        return snap
+
+    def _enqueue_locked(self, job: Job, *, front: bool) -> None:
+        if front:
+            self._queue.appendleft(job)
+        else:
+            self._queue.append(job)
+        if not job.low_priority:
+            self._scalable += 1
+        self._work.notify()
+        self._scale_locked()
+
+    def _unqueue_locked(self, job: Job) -> None:
+        self._in_queue -= 1
+        if job.stuck:
+            return
+        self._queue.remove(job)
+        if not job.low_priority:
+            self._scalable -= 1
+
+    def _requeue_locked(self, job: Job, now: float, *, front: bool) -> None:
+        self._retried += 1
+        job.retried += 1
+        job.status = IN_QUEUE
+        job.queued = now
+        job.started = job.finished = job.worker_id = job.output = job.error = None
+        job.timeout_at = math.inf
+        job.chunks = []
+        job.streamed = job.final_streamed = False
+        job.gone_at = job.ttl_at
+        job.body = None
+        job.rev += 1
+        self._in_queue += 1
+        self._enqueue_locked(job, front=front)
+        self._changed.notify_all()
+
+    def _delete_locked(self, job: Job) -> None:
+        if job.deleted:
+            return
+        if job.status == IN_QUEUE:
+            self._unqueue_locked(job)
+        elif job.status == IN_PROGRESS:
+            self._in_progress -= 1
+            job.attempt += 1
+        job.deleted = True
+        self._jobs.pop(job.id, None)
+        self._changed.notify_all()
+
+    def _finish_locked(self, job: Job, status: str, now: float) -> None:
+        job.status = status
+        job.finished = now
+        job.timeout_at = math.inf
+        job.body = None
+        job.rev += 1
+        if status == COMPLETED:
+            self._completed += 1
+        elif status in (FAILED, TIMED_OUT):
+            self._failed += 1
+        retention = self.config.sync_retention if job.sync else self.config.run_retention
+        job.gone_at = min(job.ttl_at, now + retention)
+        self._push_locked(job.gone_at, "expire", job, 0)
+        self._changed.notify_all()
+        if job.webhook:
+            self._post_webhook(job.webhook, self._doc_locked(job, now))
+
+    def _time_out_locked(self, job: Job, now: float) -> None:
+        self._in_progress -= 1
+        job.attempt += 1
+        job.error = f"job exceeded its execution timeout of {int(job.execution_timeout * 1000)} ms"
+        self._finish_locked(job, TIMED_OUT, now)
+
+    def _push_locked(self, when: float, kind: str, job: Job, token: int) -> None:
+        self._heap_seq += 1
+        heapq.heappush(self._heap, (when, self._heap_seq, kind, job, token))
+        if self._heap[0][1] == self._heap_seq:
+            self._timer.notify()
+
+    def _housekeep(self) -> None:
+        with self._lock:
+            while not self._stopping:
+                now = self._clock()
+                while self._heap and self._heap[0][0] <= now:
+                    _, _, kind, job, token = heapq.heappop(self._heap)
+                    if job.deleted:
+                        continue
+                    if kind == "expire" and job.gone_at <= now:
+                        self._delete_locked(job)
+                    elif kind == "timeout" and job.attempt == token and job.status == IN_PROGRESS:
+                        self._time_out_locked(job, now)
+                timeout = self._heap[0][0] - now if self._heap else None
+                self._timer.wait(timeout)
+
+    # ---- internals: workers ------------------------------------------------------------
+
+    def _scale_locked(self) -> None:
+        if self._stopping:
+            return
+        cfg = self.config
+        capacity = cfg.workers_max - cfg.throttled
+        alive = len(self._workers)
+        always_on = sum(1 for w in self._workers if w.always_on)
+        while always_on < cfg.workers_min and alive < capacity:
+            self._spawn_locked(always_on=True)
+            always_on += 1
+            alive += 1
+        if self._paused:
+            return
+        available = sum(1 for w in self._workers if w.state in (INITIALIZING, WAITING))
+        need = self._scalable - available
+        while need > 0 and alive < capacity:
+            self._spawn_locked(always_on=False)
+            need -= 1
+            alive += 1
+
+    def _spawn_locked(self, *, always_on: bool) -> None:
+        worker = _Worker(id=self.dice.token(14), always_on=always_on)
+        self._workers.append(worker)
+        threading.Thread(
+            target=self._worker_main, args=(worker,), name=f"rpq-worker-{worker.id}", daemon=True
+        ).start()
+
+    def _remove_worker_locked(self, worker: _Worker) -> None:
+        if worker in self._workers:
+            self._workers.remove(worker)
+        self._scale_locked()
+
+    def _worker_main(self, worker: _Worker) -> None:
+        try:
+            if self.config.cold_start > 0 and self._stop.wait(self.config.cold_start):
+                return
+            while True:
+                with self._lock:
+                    worker.state = WAITING
+                    job = self._next_job_locked(worker)
+                    if job is None:
+                        return
+                    token = job.attempt
+                if not self._execute(worker, job, token):
+                    return
+        except Exception:
+            log.exception("worker %s stopped on an internal error", worker.id)
+        finally:
+            with self._lock:
+                self._remove_worker_locked(worker)
+
+    def _next_job_locked(self, worker: _Worker) -> Job | None:
+        deadline = None if worker.always_on else self._clock() + self.config.idle_timeout
+        while not self._stopping:
+            if self._queue and not self._paused:
+                job = self._queue.popleft()
+                if not job.low_priority:
+                    self._scalable -= 1
+                now = self._clock()
+                job.status = IN_PROGRESS
+                job.started = now
+                job.attempt += 1
+                job.worker_id = worker.id
+                job.timeout_at = now + job.execution_timeout
+                job.rev += 1
+                self._in_queue -= 1
+                self._in_progress += 1
+                worker.state = RUNNING
+                self._push_locked(job.timeout_at, "timeout", job, job.attempt)
+                self._changed.notify_all()
+                self._scale_locked()
+                return job
+            if deadline is None:
+                self._work.wait()
+                continue
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                return None
+            self._work.wait(remaining)
+        return None
+
+    def _execute(self, worker: _Worker, job: Job, token: int) -> bool:
+        """Run one job; False when the worker crashed and must leave."""
+        rng = self.dice.job_rng(job.seq, token)
+        fault = self.dice.job_fault(rng, ("fail", "crash"))
+        lo, hi = self._process
+        extra = rng.uniform(lo, hi) if hi > 0 else 0.0
+        outcome: Outcome
+        if fault is None:
+            payload: dict[str, Any] = {"id": job.id, "input": copy.deepcopy(job.input)}
+            if job.s3_config is not None:
+                payload["s3Config"] = copy.deepcopy(job.s3_config)
+            outcome = call_handler(
+                self.handler.func,
+                payload,
+                worker_id=worker.id,
+                on_chunk=lambda chunk: self._on_chunk(job, token, chunk),
+                on_progress=lambda value: self._on_progress(job, token, value),
+                stop=self._stop,
+            )
+        else:
+            what = "worker crashed" if fault == "crash" else "handler failed"
+            message = f"injected fault: the {what}"
+            outcome = Outcome(
+                ok=False,
+                error=runpod_error(
+                    "<class 'RuntimeError'>",
+                    message,
+                    f"Traceback (most recent call last):\nRuntimeError: {message}\n",
+                    worker.id,
+                ),
+            )
+        if extra > 0 and self._stop.wait(extra):
+            return False
+        with self._lock:
+            current = job.attempt == token and job.status == IN_PROGRESS and not job.deleted
+            if fault == "crash":
+                worker.state = UNHEALTHY
+                if current:
+                    self._in_progress -= 1
+                    self._requeue_locked(job, self._clock(), front=True)
+                else:
+                    self._scale_locked()
+            elif current:
+                self._in_progress -= 1
+                job.output = outcome.output
+                job.error = outcome.error
+                self._finish_locked(job, COMPLETED if outcome.ok else FAILED, self._clock())
+        if fault == "crash":
+            self._stop.wait(self.config.crash_downtime)
+            return False
+        return True
+
+    def _on_chunk(self, job: Job, token: int, chunk: Any) -> None:
+        with self._lock:
+            if job.attempt == token and job.status == IN_PROGRESS:
+                job.streamed = True
+                job.chunks.append(chunk)
+                self._changed.notify_all()
+
+    def _on_progress(self, job: Job, token: int, value: Any) -> None:
+        with self._lock:
+            if job.attempt == token and job.status == IN_PROGRESS:
+                job.output = value
+                job.rev += 1
+                self._changed.notify_all()
+
+    # ---- webhooks ----------------------------------------------------------------------
+
+    def _post_webhook(self, url: str, doc: dict[str, Any]) -> None:
+        threading.Thread(
+            target=self._deliver_webhook, args=(url, doc), name="rpq-webhook", daemon=True
+        ).start()
+
+    def _deliver_webhook(self, url: str, doc: dict[str, Any]) -> None:
+        body = _dumps(doc)
+        cfg = self.config
+        # Proxies from the environment are bypassed: a local endpoint calls local receivers.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        for attempt in range(cfg.webhook_attempts):
+            if attempt and self._stop.wait(cfg.webhook_retry_interval):
+                return
+            if self._stop.is_set():
+                return
+            request = urllib.request.Request(
+                url, data=body, method="POST", headers={"Content-Type": "application/json"}
+            )
+            try:
+                with opener.open(request, timeout=cfg.webhook_timeout) as response:
+                    if 200 <= response.status < 300:
+                        return
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                log.debug("webhook %s attempt %d failed: %s", url, attempt + 1, exc)
+
+
+def _dumps(doc: Any) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

@@ -1,0 +1,352 @@
+"""Job handlers for the local endpoint: built-ins, user worker files, the runpod contract."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import importlib.util
+import inspect
+import io
+import json
+import socket
+import sys
+import threading
+import time
+import traceback
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HandlerFunc = Callable[[dict[str, Any]], Any]
+
+RUNPOD_VERSION = "rpq-local"
+
+
+class HandlerLoadError(ValueError):
+    """A handler name, file or function that cannot be used; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Handler:
+    """A resolved handler and a name for messages."""
+
+    func: HandlerFunc
+    name: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one handler call produced, already mapped the way runpod-python maps it."""
+
+    ok: bool
+    output: Any = None
+    error: str | None = None
+
+
+# Where progress_update() sends a payload: job id -> sink. Job ids are uuids, so one
+# registry serves every endpoint in the process.
+_progress_sinks: dict[str, Callable[[Any], None]] = {}
+_local = threading.local()
+
+
+def progress_update(job: dict[str, Any], progress: Any) -> None:
+    """Stand-in for runpod.serverless.progress_update: becomes the job's IN_PROGRESS output."""
+    sink = _progress_sinks.get(str(job.get("id"))) if isinstance(job, dict) else None
+    if sink is not None:
+        sink(progress)
+
+
+def handler_sleep(seconds: float) -> None:
+    """Sleep that ends early when the endpoint stops, so stop() stays prompt."""
+    stop: threading.Event | None = getattr(_local, "stop", None)
+    if stop is None:
+        time.sleep(seconds)
+    else:
+        stop.wait(seconds)
+
+
+def runpod_error(
+    error_type: str, message: str, tb: str, worker_id: str
+) -> str:
+    """The JSON string runpod-python puts in `error` when a handler raises."""
+    return json.dumps(
+        {
+            "error_type": error_type,
+            "error_message": message,
+            "error_traceback": tb,
+            "hostname": socket.gethostname(),
+            "worker_id": worker_id,
+            "runpod_version": RUNPOD_VERSION,
+        }
+    )
+
+
+def call_handler(
+    func: HandlerFunc,
+    job: dict[str, Any],
+    *,
+    worker_id: str,
+    on_chunk: Callable[[Any], None],
+    on_progress: Callable[[Any], None],
+    stop: threading.Event,
+) -> Outcome:
+    """Run one job the way runpod-python's worker does and map the result.
+
+    Generators stream each chunk to `on_chunk` and the output is the list of chunks.
+    A dict with a truthy "error" fails the job; the rest of the dict becomes the output.
+    """
+    job_id = str(job["id"])
+    _progress_sinks[job_id] = on_progress
+    _local.stop = stop
+    try:
+        result = func(job)
+        if inspect.isawaitable(result):
+            result = _run_coroutine(result)
+        if inspect.isgenerator(result):
+            chunks = []
+            for chunk in result:
+                on_chunk(chunk)
+                chunks.append(chunk)
+            result = chunks
+        elif inspect.isasyncgen(result):
+            result = _drain_async_gen(result, on_chunk)
+        outcome = _map_result(result)
+        if outcome.output is not None:
+            json.dumps(outcome.output)  # fail here, not when a client asks for it
+        return outcome
+    except Exception as exc:
+        return Outcome(
+            ok=False,
+            error=runpod_error(str(type(exc)), str(exc), traceback.format_exc(), worker_id),
+        )
+    finally:
+        _progress_sinks.pop(job_id, None)
+        _local.stop = None
+
+
+def _run_coroutine(awaitable: Any) -> Any:
+    async def wrap() -> Any:
+        return await awaitable
+
+    return asyncio.run(wrap())
+
+
+def _drain_async_gen(agen: Any, on_chunk: Callable[[Any], None]) -> list[Any]:
+    chunks: list[Any] = []
+    loop = asyncio.new_event_loop()
+    try:
+        while True:
+            try:
+                chunk = loop.run_until_complete(agen.__anext__())
+            except StopAsyncIteration:
+                break
+            on_chunk(chunk)
+            chunks.append(chunk)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        loop.close()
+    return chunks
+
+
+def _map_result(result: Any) -> Outcome:
+    if isinstance(result, dict):
+        rest = dict(result)  # the handler may reuse its dict; popping must not touch it
+        error = rest.pop("error", None)
+        rest.pop("refresh_worker", None)
+        output = rest or None
+        if error:
+            message = error if isinstance(error, str) else json.dumps(error)
+            return Outcome(ok=False, output=output, error=message)
+        return Outcome(ok=True, output=output)
+    return Outcome(ok=True, output=result)
+
+
+# ---- built-in handlers ---------------------------------------------------------------
+
+
+def echo(job: dict[str, Any]) -> Any:
+    """Return the input; an "image" field comes back as {"image": same} for round trips."""
+    inp = job["input"]
+    if isinstance(inp, dict) and "image" in inp:
+        rest = {k: v for k, v in inp.items() if k != "image"}
+        return {"image": inp["image"], "echo": rest} if rest else {"image": inp["image"]}
+    return {"echo": inp}
+
+
+def sleep(job: dict[str, Any]) -> Any:
+    """Sleep input.seconds, then return {"slept": seconds}."""
+    inp = job["input"]
+    seconds = inp.get("seconds", 1.0) if isinstance(inp, dict) else None
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+        return {"error": "input.seconds must be a number of seconds >= 0"}
+    handler_sleep(float(seconds))
+    return {"slept": seconds}
+
+
+def remove_background(job: dict[str, Any]) -> Any:
+    """Decode input.image (base64 or data URI), remove its background, return a base64 PNG."""
+    inp = job["input"]
+    data = inp.get("image") if isinstance(inp, dict) else None
+    if not isinstance(data, str) or not data.strip():
+        return {"error": "input.image is required: a base64 string or a data URI of an image"}
+    try:
+        raw = decode_base64_image(data)
+    except ValueError as exc:
+        return {"error": f"input.image is not valid base64: {exc}"}
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(raw)) as opened:
+            opened.load()
+            image = opened.copy()
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        return {"error": f"input.image is not a readable image: {exc}"}
+
+    from rpq.local.removebg import remove_background as remove
+
+    result = remove(image)
+    buf = io.BytesIO()
+    result.save(buf, format="PNG")
+    return {"image": base64.b64encode(buf.getvalue()).decode("ascii")}
+
+
+def decode_base64_image(data: str) -> bytes:
+    """Base64 or data URI to bytes; raises ValueError on anything else."""
+    text = data.strip()
+    if text.startswith("data:"):
+        _, sep, text = text.partition(",")
+        if not sep:
+            raise ValueError("data URI has no comma before the data")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(str(exc)) from None
+
+
+BUILTINS: dict[str, HandlerFunc] = {
+    "echo": echo,
+    "sleep": sleep,
+    "remove-background": remove_background,
+}
+
+
+# ---- loading user handlers -----------------------------------------------------------
+
+
+def resolve_handler(spec: str | HandlerFunc) -> Handler:
+    """A built-in name, "path/worker.py", "path/worker.py:func", or a callable."""
+    if callable(spec):
+        return Handler(func=spec, name=getattr(spec, "__name__", repr(spec)))
+    if not isinstance(spec, str) or not spec.strip():
+        raise HandlerLoadError(_usage(f"handler must be a name or a path, not {spec!r}"))
+    spec = spec.strip()
+    if spec in BUILTINS:
+        return Handler(func=BUILTINS[spec], name=spec)
+    path_text, func_name = _split_spec(spec)
+    path = Path(path_text).expanduser()
+    if not path.is_file():
+        if path.suffix != ".py" and func_name is None:
+            raise HandlerLoadError(_usage(f"unknown handler {spec!r}"))
+        raise HandlerLoadError(f"handler file {path} does not exist; check the path")
+    module = _import_worker_file(path)
+    if func_name is not None:
+        func = getattr(module.module, func_name, None)
+        if not callable(func):
+            raise HandlerLoadError(
+                f"handler file {path} has no function {func_name!r}; "
+                f"name one it defines after the colon"
+            )
+        return Handler(func=func, name=f"{path}:{func_name}")
+    if module.started is not None:
+        return Handler(func=module.started, name=str(path))
+    fallback = getattr(module.module, "handler", None)
+    if callable(fallback):
+        return Handler(func=fallback, name=f"{path}:handler")
+    raise HandlerLoadError(
+        f"handler file {path} neither calls runpod.serverless.start({{'handler': ...}}) "
+        f"at import nor defines a function named 'handler'; use {path}:FUNCTION"
+    )
+
+
+def _usage(problem: str) -> str:
+    names = ", ".join(BUILTINS)
+    return f"{problem}: use a built-in ({names}), path/to/worker.py or path/to/worker.py:function"
+
+
+def _split_spec(spec: str) -> tuple[str, str | None]:
+    path_text, sep, func_name = spec.rpartition(":")
+    # Only split when the tail is a Python name, so "C:\\w.py" stays one path.
+    if sep and path_text and func_name.isidentifier():
+        return path_text, func_name
+    return spec, None
+
+
+@dataclass
+class _Loaded:
+    module: types.ModuleType
+    started: HandlerFunc | None
+
+
+def _import_worker_file(path: Path) -> _Loaded:
+    resolved = path.resolve()
+    digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:12]
+    name = f"_rpq_worker_{resolved.stem}_{digest}"
+    spec = importlib.util.spec_from_file_location(name, resolved)
+    if spec is None or spec.loader is None:
+        raise HandlerLoadError(f"handler file {path} cannot be imported as Python")
+    module = importlib.util.module_from_spec(spec)
+    captured: dict[str, HandlerFunc] = {}
+    stand_in = _runpod_stand_in(captured, path)
+    saved = {key: sys.modules.get(key) for key in ("runpod", "runpod.serverless")}
+    sys.modules["runpod"] = stand_in
+    sys.modules["runpod.serverless"] = stand_in.serverless
+    # Registered so dataclasses and pickling inside the worker file find their module.
+    sys.modules[name] = module
+    sys.path.insert(0, str(resolved.parent))
+    try:
+        spec.loader.exec_module(module)
+    except HandlerLoadError:
+        sys.modules.pop(name, None)
+        raise
+    except (Exception, SystemExit) as exc:
+        sys.modules.pop(name, None)
+        raise HandlerLoadError(
+            f"handler file {path} failed to import: {type(exc).__name__}: {exc}"
+        ) from None
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(str(resolved.parent))
+        for key, value in saved.items():
+            if value is None:
+                sys.modules.pop(key, None)
+            else:
+                sys.modules[key] = value
+    return _Loaded(module=module, started=captured.get("handler"))
+
+
+def _runpod_stand_in(captured: dict[str, HandlerFunc], path: Path) -> Any:
+    """A minimal `runpod` module so worker files import and register their handler."""
+    runpod = types.ModuleType("runpod")
+    runpod.__path__ = []  # a package, so `import runpod.serverless` resolves
+    runpod.__version__ = RUNPOD_VERSION  # type: ignore[attr-defined]
+    serverless = types.ModuleType("runpod.serverless")
+
+    def start(config: dict[str, Any]) -> None:
+        handler = config.get("handler") if isinstance(config, dict) else None
+        if not callable(handler):
+            raise HandlerLoadError(
+                f"handler file {path} calls runpod.serverless.start() without a callable "
+                f"'handler' in its config"
+            )
+        captured["handler"] = handler
+
+    serverless.start = start  # type: ignore[attr-defined]
+    serverless.progress_update = progress_update  # type: ignore[attr-defined]
+    runpod.serverless = serverless  # type: ignore[attr-defined]
+    return runpod
