@@ -394,9 +394,10 @@ def _render_histogram(buckets: Sequence[Mapping[str, Any]], console: Console) ->
     unicode_ok = (console.encoding or "").lower().startswith("utf")
     edge = "│" if unicode_ok else "|"
     peak = max(b["count"] for b in buckets) or 1
-    label_width = max(len(f"{_fmt(b['low'])}-{_fmt(b['high'])}") for b in buckets)
-    for b in buckets:
-        label = f"{_fmt(b['low'])}-{_fmt(b['high'])}".rjust(label_width)
+    labels = [f"{b['low']:g}-{b['high']:g}" for b in buckets]
+    width = max(map(len, labels))
+    for b, label in zip(buckets, labels, strict=True):
+        label = label.rjust(width)
         bar = _bar(b["count"] / peak, 40, unicode_ok)
         console.print(f"  {label} {edge}{bar:<40} {b['count']}", highlight=False)
 
@@ -649,7 +650,7 @@ def _fmt(value: object) -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
-        return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.2f}".rstrip("0").rstrip(".")
+        return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.2f}"
     return str(value)
 
 
