@@ -233,13 +233,13 @@ def test_write_then_load_round_trip(tmp_path: Path) -> None:
 
 
 def test_write_is_atomic_and_keeps_the_old_file_on_failure(tmp_path: Path) -> None:
-    path = tmp_path / "job_metrics.json"
+    path = tmp_path / "run" / "job_metrics.json"
     write_metrics(path, [JobRecord("a.png", "COMPLETED")], {})
     before = path.read_text()
     with pytest.raises(ValueError):
         write_metrics(path, [JobRecord("b.png", "COMPLETED")], {"bad": math.inf})
     assert path.read_text() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["job_metrics.json"]
+    assert [p.name for p in path.parent.iterdir()] == ["job_metrics.json"]
 
 
 def test_guide_only_file_loads() -> None:

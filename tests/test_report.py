@@ -314,3 +314,11 @@ def test_histogram_counts_every_timed_job(big_run: Path) -> None:
 
 def load_metrics_from(jobs: list[JobRecord]) -> Metrics:
     return Metrics(stats={}, jobs=jobs, run={})
+
+
+def test_plot_to_a_folder_is_a_usage_error(tmp_path: Path) -> None:
+    folder = tmp_path / "plots"
+    folder.mkdir()
+    code, _, err = rpq(KNOWN, "--plot", folder)
+    assert code == 2 and "cannot write the plot" in err
+    assert list(folder.iterdir()) == []

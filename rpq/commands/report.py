@@ -58,6 +58,8 @@ def report(
 
     The report goes to stdout (tables, or JSON with --json); notes go to stderr.
     Exit code 0 when every SLA line passes, 1 when one fails, 2 for a bad file or option.
+    Cold starts are taken from the run's records; where unknown, a job counts as one when its
+    queue time is more than 5 s above, and more than twice, the run's median queue time.
     """
     import json
 
