@@ -24,6 +24,7 @@ __all__ = [
     "SlaTarget",
     "build_report",
     "cold_start_flags",
+    "failure_cause",
     "parse_sla",
     "plot_timeline",
     "render_text",
