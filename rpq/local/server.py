@@ -570,8 +570,9 @@ class LocalEndpoint:
             raise ValueError("the API key is empty; pass a real key or none at all")
         if not is_loopback(host) and api_key is None:
             raise ValueError(
-                f"refusing to listen on {host!r} without an API key: anyone who can reach "
-                f"it could use it; set an API key, or listen on 127.0.0.1"
+                f"refusing to listen on {host!r} without an API key, since anyone who can "
+                f"reach it could use it: set one (rpq serve --api-key KEY, or the env var "
+                f"RPQ_SERVE_API_KEY), or listen on 127.0.0.1"
             )
         self._key = None if api_key is None else api_key.encode("utf-8")
         self._fleet = Fleet(self.config, resolve_handler(handler))
@@ -595,7 +596,7 @@ class LocalEndpoint:
         self._fleet.start()
         self._thread = threading.Thread(
             target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
+            kwargs={"poll_interval": 0.02},
             name=f"rpq-serve-{self.port}",
             daemon=True,
         )

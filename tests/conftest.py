@@ -1,0 +1,40 @@
+"""Shared fixtures: per-test isolation and local endpoints on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rpq.local import LocalEndpoint
+
+_CLEARED = ("RUNPOD_API_KEY", "RUNPOD_ENDPOINT_ID", "RUNPOD_ENDPOINT_BASE_URL")
+
+
+@pytest.fixture(autouse=True)
+def _isolate(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A private HOME and no RunPod or rpq settings leaking in from the environment."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for name in list(os.environ):
+        if name in _CLEARED or name.startswith("RPQ_"):
+            monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def make_endpoint() -> Iterator[Callable[..., LocalEndpoint]]:
+    """Factory: make_endpoint(**LocalEndpoint kwargs) -> a started endpoint, stopped at teardown."""
+    started: list[LocalEndpoint] = []
+
+    def make(**kwargs: Any) -> LocalEndpoint:
+        endpoint = LocalEndpoint(**kwargs).start()
+        started.append(endpoint)
+        return endpoint
+
+    yield make
+    for endpoint in started:
+        endpoint.stop()
