@@ -108,7 +108,9 @@ def discover(
 
     Order: depth-first; the entries of each directory are sorted by name (code point order),
     with files and directories interleaved, so a directory's contents come out at the place
-    where its name sorts. Only one directory is listed at a time, and only its names are kept.
+    where its name sorts. Directories are listed one at a time, when the walk reaches them;
+    what is held is the sorted names still to visit in each directory on the current path,
+    plus the identity of each directory walked so far (to enter none twice).
 
     Patterns (fnmatch, case-insensitive): a pattern without "/" is matched against the entry's
     name, so "*.jpg" matches at any depth; a pattern with "/" is matched against the whole
@@ -177,8 +179,10 @@ def _walk(
                 yield Skipped(rel, "broken symlink")
             elif exc.errno == errno.ENOENT:
                 yield Skipped(rel, "vanished while listing")
+            elif exc.errno == errno.ELOOP:
+                yield Skipped(rel, "symlink loop")
             else:
-                yield Skipped(rel, _os_reason(exc))
+                yield Skipped(rel, "unreadable: " + _os_reason(exc))
             continue
 
         if stat.S_ISDIR(st.st_mode):

@@ -381,9 +381,10 @@ def shared_dir() -> Iterator[Path]:
     try:
         yield path
     finally:
-        for sub in path.rglob("*"):
-            if not sub.is_symlink():
-                sub.chmod(0o755)
+        # Top-down, so that each directory is opened up before the walk descends into it.
+        for parent, dirs, _files in os.walk(path):
+            for name in dirs:
+                os.chmod(os.path.join(parent, name), 0o755)
         shutil.rmtree(path)
 
 
@@ -392,9 +393,13 @@ def test_unreadable_file_and_directory_are_reported(shared_dir: Path) -> None:
     write(shared_dir / "locked.png", png()).chmod(0o000)
     write(shared_dir / "private" / "p.png", png()).chmod(0o644)
     (shared_dir / "private").chmod(0o000)
+    # Readable but not searchable: its names can be listed, its entries cannot be opened.
+    write(shared_dir / "listonly" / "l.png", png()).chmod(0o644)
+    (shared_dir / "listonly").chmod(0o644)
     result = _probe_unreadable(shared_dir)
     assert result["items"] == [
         ["ImageFile", "a.png", ""],
+        ["Skipped", "listonly/l.png", "unreadable: permission denied"],
         ["Skipped", "locked.png", "unreadable: permission denied"],
         ["Skipped", "private", "unreadable: permission denied"],
     ]
