@@ -51,7 +51,10 @@ class Rate:
 
 
 class Limiter:
-    """Token bucket: bursts up to `burst` (default: the whole count), refills evenly.
+    """Token bucket: bursts up to `burst` (default a tenth of the count), refills evenly.
+
+    Any window of `per` seconds then holds at most `count + burst` events; the RunPod limits
+    below keep 10% headroom so that stays under the documented figure.
 
     `acquire()` blocks until a token is free; waiters are served in arrival order,
     because each one reserves its slot in the schedule before it sleeps.
@@ -66,7 +69,7 @@ class Limiter:
         sleep: Sleep = time.sleep,
     ) -> None:
         self.rate = rate
-        self.capacity = float(burst if burst is not None else rate.count)
+        self.capacity = float(burst if burst is not None else max(1, rate.count // 10))
         self._interval = rate.per / rate.count
         self._clock = clock
         self._sleep = sleep

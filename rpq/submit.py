@@ -25,9 +25,9 @@ class _WaitRetryAfterOrBackoff(tenacity.wait.wait_base):
     """Honour Retry-After when the server sent one; otherwise exponential backoff with jitter."""
 
     def __init__(self, initial: float, maximum: float) -> None:
-        self._backoff = tenacity.wait_exponential_jitter(
-            initial=initial, max=maximum, jitter=initial
-        )
+        self._backoff = tenacity.wait_exponential(
+            multiplier=initial, max=maximum
+        ) + tenacity.wait_random(0, initial)
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
         outcome = retry_state.outcome

@@ -1,0 +1,58 @@
+"""Running `rpq batch` in tests: through the CLI (CliRunner) or as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from typer.testing import CliRunner
+
+from rpq.cli import app
+from rpq.local import LocalEndpoint
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+    def metrics(self, out: Path) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((out / "job_metrics.json").read_text())
+        return data
+
+
+def endpoint_env(ep: LocalEndpoint, key: str | None = None) -> dict[str, str]:
+    env = {"RUNPOD_ENDPOINT_BASE_URL": ep.base_url, "RUNPOD_ENDPOINT_ID": ep.endpoint_id}
+    if key:
+        env["RUNPOD_API_KEY"] = key
+    return env
+
+
+def rpq(*args: str | Path, env: dict[str, str] | None = None) -> Run:
+    """Invoke the CLI in-process; stdout and stderr kept apart."""
+    result = CliRunner().invoke(app, [str(a) for a in args], env=env, catch_exceptions=False)
+    return Run(result.exit_code, result.stdout, result.stderr)
+
+
+def batch_args(folder: Path, out: Path, *extra: str | Path) -> list[str | Path]:
+    return ["batch", folder, "--out", out, "--no-progress", *extra]
+
+
+def rpq_process(*args: str | Path, env: dict[str, str], **kw: Any) -> subprocess.Popen[str]:
+    """The installed `rpq` as a real process (for signals)."""
+    full_env = {**os.environ, **env}
+    exe = Path(sys.executable).with_name("rpq")
+    return subprocess.Popen(
+        [str(exe), *(str(a) for a in args)],
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
