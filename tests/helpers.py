@@ -36,10 +36,14 @@ class Gate:
         self._lock = threading.Lock()
         self._timeout = timeout
         self.started: list[str] = []
+        self._all_open = False
 
     def event(self, name: str) -> threading.Event:
         with self._lock:
-            return self._events.setdefault(name, threading.Event())
+            event = self._events.setdefault(name, threading.Event())
+            if self._all_open:
+                event.set()
+            return event
 
     def __call__(self, job: dict[str, Any]) -> Any:
         name = str(job["input"].get("gate", "default"))
@@ -53,7 +57,9 @@ class Gate:
         self.event(name).set()
 
     def open_all(self) -> None:
+        """Open every gate, including those of jobs that have not started yet."""
         with self._lock:
+            self._all_open = True
             events = list(self._events.values())
         for event in events:
             event.set()

@@ -119,7 +119,7 @@ def call_handler(
         if outcome.output is not None:
             json.dumps(outcome.output)  # fail here, not when a client asks for it
         return outcome
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a worker survives sys.exit() in a handler
         return Outcome(
             ok=False,
             error=runpod_error(str(type(exc)), str(exc), traceback.format_exc(), worker_id),
@@ -199,12 +199,13 @@ def remove_background(job: dict[str, Any]) -> Any:
     except ValueError as exc:
         return {"error": f"input.image is not valid base64: {exc}"}
 
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(raw)) as opened:
             opened.load()
-            image = opened.copy()
+            # The PNG out carries no EXIF, so bake the orientation into the pixels.
+            image = ImageOps.exif_transpose(opened)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         return {"error": f"input.image is not a readable image: {exc}"}
 
