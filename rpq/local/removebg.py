@@ -1,0 +1,533 @@
+"""Model-free background removal for product photos, built on Pillow alone."""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+
+from PIL import Image, ImageChops, ImageFilter, ImageOps
+
+# The mask is computed at this long side at most; edges are then upscaled smoothly.
+WORK_SIDE = 640
+# Below this short side there is no border to learn a background from.
+MIN_SIDE = 8
+# Border roughness (95th percentile of the colour distance on the border, 0..255) above
+# which the background is treated as a texture rather than a plain colour or gradient.
+TEXTURE_LEVEL = 9
+
+_RUN = re.compile(rb"\xff+")
+# Natural log scaled so 0..255 maps onto 0..255: differences of logs are brightness ratios.
+_LOG_SCALE = 255 / math.log(256)
+_LOG = [min(255, round(_LOG_SCALE * math.log(v + 1))) for v in range(256)]
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation tag, so pixels are stored the way the photo is viewed."""
+    return ImageOps.exif_transpose(image)
+
+
+def remove_background(image: Image.Image) -> Image.Image:
+    """Return an RGBA copy of `image` with the background transparent and a feathered edge.
+
+    Works for a subject in front of a plain, gradient or (less reliably) textured
+    background that fills the image border; any mode (L, P, RGB, RGBA, ...) and any size.
+    Existing transparency is kept: an image whose border is already transparent is returned
+    as is. When no subject can be told apart from the background (one flat colour, images
+    under 8 px, a subject filling the frame) the image is returned fully opaque, unchanged,
+    rather than blank. Not handled: subjects touching the border on several sides, scenes
+    without a dominant background, fine hair/fur, and backgrounds sharing the subject's colour.
+    """
+    rgb, alpha = _split(image)
+    if alpha is not None and _border_transparent(alpha):
+        return _join(rgb, alpha)
+    if alpha is not None:
+        # Paint see-through areas with the border colour so they read as background.
+        rgb = Image.composite(rgb, Image.new("RGB", rgb.size, _border_colour(rgb, alpha)), alpha)
+    w, h = rgb.size
+    if min(w, h) < MIN_SIDE:
+        return _join(rgb, alpha)
+    scale = min(1.0, WORK_SIDE / max(w, h))
+    work = rgb
+    if scale < 1.0:
+        size = (max(MIN_SIDE, round(w * scale)), max(MIN_SIDE, round(h * scale)))
+        work = rgb.resize(size, Image.Resampling.BOX)
+    mask = foreground_mask(work)
+    if mask is None:
+        return _join(rgb, alpha)
+    soft = _feather(mask, (w, h))
+    return _join(rgb, soft if alpha is None else ImageChops.darker(soft, alpha))
+
+
+# ---------------------------------------------------------------- image plumbing
+
+
+def _split(image: Image.Image) -> tuple[Image.Image, Image.Image | None]:
+    """RGB pixels and the existing alpha channel (None when the image has none)."""
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        image.mode == "P" and "transparency" in image.info)
+    if image.mode.startswith("I") or image.mode == "F":
+        # 16-bit and float greyscale: scale into 0..255 rather than clip.
+        hi = image.getextrema()[1]
+        if isinstance(hi, (int, float)):
+            gain = 255.0 if image.mode == "F" and 0 < hi <= 1 else 255 / hi if hi > 255 else 1.0
+            image = image.convert("F").point(lambda v: v * gain)
+        image = image.convert("L")
+    if not has_alpha:
+        return image.convert("RGB"), None
+    rgba = image.convert("RGBA")
+    alpha = rgba.getchannel("A")
+    return rgba.convert("RGB"), (None if alpha.getextrema() == (255, 255) else alpha)
+
+
+def _join(rgb: Image.Image, alpha: Image.Image | None) -> Image.Image:
+    out = rgb.convert("RGBA")
+    if alpha is not None:
+        out.putalpha(alpha)
+    return out
+
+
+def _band_mask(size: tuple[int, int], band: int) -> Image.Image:
+    """White frame `band` px wide around a black interior."""
+    w, h = size
+    m = Image.new("L", size, 255)
+    if w > 2 * band and h > 2 * band:
+        m.paste(0, (band, band, w - band, h - band))
+    return m
+
+
+def _border_transparent(alpha: Image.Image) -> bool:
+    band = _band_mask(alpha.size, 1)
+    hist = alpha.histogram(mask=band)
+    total = sum(hist)
+    return total > 0 and sum(hist[:16]) >= 0.9 * total
+
+
+def _border_colour(rgb: Image.Image, alpha: Image.Image) -> tuple[int, int, int]:
+    """Median colour of the opaque border pixels (grey if there are none)."""
+    opaque = alpha.point(lambda v: 255 if v > 200 else 0)
+    band = ImageChops.multiply(_band_mask(rgb.size, 1), opaque)
+    if band.getbbox() is None:
+        return (128, 128, 128)
+    r, g, b = (_percentile(ch.histogram(mask=band), 0.5) for ch in rgb.split())
+    return (r, g, b)
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def _rgb_pixels(img: Image.Image) -> list[tuple[int, int, int]]:
+    """Pixels of a small RGB image as tuples (getdata is deprecated in newer Pillow)."""
+    data = img.tobytes()
+    return [(data[i], data[i + 1], data[i + 2]) for i in range(0, len(data), 3)]
+
+
+def _percentile(hist: list[int], q: float) -> int:
+    total = sum(hist)
+    if total == 0:
+        return 0
+    target = q * total
+    acc = 0
+    for value, count in enumerate(hist):
+        acc += count
+        if acc >= target:
+            return value
+    return len(hist) - 1
+
+
+def _otsu(hist: list[int]) -> int:
+    """Threshold maximising the between-class variance of a 256-bin histogram."""
+    total = sum(hist)
+    if total == 0:
+        return 128
+    sum_all = sum(i * c for i, c in enumerate(hist))
+    best, best_t = -1.0, 128
+    w0 = 0
+    sum0 = 0
+    for t, c in enumerate(hist):
+        w0 += c
+        if w0 == 0:
+            continue
+        w1 = total - w0
+        if w1 == 0:
+            break
+        sum0 += t * c
+        m0 = sum0 / w0
+        m1 = (sum_all - sum0) / w1
+        between = w0 * w1 * (m0 - m1) ** 2
+        if between > best:
+            best, best_t = between, t
+    return best_t
+
+
+# ---------------------------------------------------------------- background model
+
+
+def _smooth_strip(pixels: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """Running median along a border strip: rejects short intrusions (a shadow, a corner)."""
+    n = len(pixels)
+    k = max(1, n // 16)
+    out = []
+    for i in range(n):
+        window = pixels[max(0, i - k): i + k + 1]
+        out.append(tuple(int(statistics.median(p[c] for p in window)) for c in range(3)))
+    return out  # type: ignore[return-value]
+
+
+def _strip(img: Image.Image, box: tuple[int, int, int, int], length: int,
+           vertical: bool) -> Image.Image:
+    """Border band `box` averaged across its thickness, median-smoothed along its length."""
+    size = (1, length) if vertical else (length, 1)
+    line = img.crop(box).resize(size, Image.Resampling.BOX)
+    smooth = _smooth_strip(_rgb_pixels(line))
+    out = Image.new("RGB", size)
+    out.putdata(smooth)
+    return out
+
+
+def _signed_add(a: Image.Image, b: Image.Image, c: Image.Image) -> Image.Image:
+    """a + b - c, clipped to 0..255, without 8-bit overflow in between."""
+    up = ImageChops.subtract(b, c)
+    down = ImageChops.subtract(c, b)
+    return ImageChops.subtract(ImageChops.add(a, up), down)
+
+
+def background_model(img: Image.Image, band: int) -> Image.Image:
+    """Coons patch through the four border strips: exact for linear gradients, smooth otherwise."""
+    w, h = img.size
+    left = _strip(img, (0, 0, band, h), h, True).resize((w, h), Image.Resampling.BILINEAR)
+    right = _strip(img, (w - band, 0, w, h), h, True).resize((w, h), Image.Resampling.BILINEAR)
+    top = _strip(img, (0, 0, w, band), w, False).resize((w, h), Image.Resampling.BILINEAR)
+    bottom = _strip(img, (0, h - band, w, h), w, False).resize((w, h), Image.Resampling.BILINEAR)
+    ramp = Image.linear_gradient("L")
+    v = ramp.resize((w, h), Image.Resampling.BILINEAR)
+    u = ramp.transpose(Image.Transpose.TRANSPOSE).resize((w, h), Image.Resampling.BILINEAR)
+    lr = Image.composite(right, left, u)
+    tb = Image.composite(bottom, top, v)
+
+    def corner(x: int, y: int) -> Image.Image:
+        return Image.new("RGB", (w, h), (left if x == 0 else right).getpixel((x, y)))
+
+    corners = Image.composite(
+        Image.composite(corner(w - 1, h - 1), corner(0, h - 1), u),
+        Image.composite(corner(w - 1, 0), corner(0, 0), u),
+        v,
+    )
+    return _signed_add(lr, tb, corners)
+
+
+def _distance(a: Image.Image, b: Image.Image) -> Image.Image:
+    """Per-pixel max-channel colour difference as an L image."""
+    r, g, bl = ImageChops.difference(a, b).split()
+    return ImageChops.lighter(ImageChops.lighter(r, g), bl)
+
+
+def _shadow_like(img: Image.Image, model: Image.Image, smooth_only: bool) -> Image.Image:
+    """255 where `img` is the background model darkened evenly in all channels (a shadow).
+
+    In log space a shadow shifts every channel by the same amount, so the spread of the
+    per-channel log ratios is small while their level is below zero. With `smooth_only`
+    pixels on sharp luminance edges are excluded, since shadows fade in softly and object
+    outlines do not; a dark subject of the background's hue then keeps its outline, and the
+    hole filling restores its inside.
+    """
+    diff = ImageChops.subtract(img.point(_LOG * 3), model.point(_LOG * 3), 1.0, 128)
+    r, g, b = diff.split()
+    hi = ImageChops.lighter(ImageChops.lighter(r, g), b)
+    lo = ImageChops.darker(ImageChops.darker(r, g), b)
+    even = ImageChops.subtract(hi, lo).point(lambda v: 255 if v <= 5 else 0)
+    # Darker than the background, but not by more than a factor of about 3.
+    darker = hi.point(lambda v: 255 if v <= 127 else 0)
+    floor = 128 + round(_LOG_SCALE * math.log(0.33))
+    not_black = lo.point(lambda v: 255 if v >= floor else 0)
+    out = ImageChops.multiply(ImageChops.multiply(even, darker), not_black)
+    if smooth_only:
+        luma = img.convert("L")
+        edge = ImageChops.subtract(luma.filter(ImageFilter.MaxFilter(3)),
+                                   luma.filter(ImageFilter.MinFilter(3)))
+        out = ImageChops.multiply(out, edge.point(lambda v: 255 if v <= 8 else 0))
+    return out
+
+
+def _colour_background(img: Image.Image, band: Image.Image, reach: int) -> Image.Image:
+    """255 where a pixel's colour is close to one that is common on the border.
+
+    The image is quantised to a small adaptive palette; an entry whose share of the border
+    is at least half its share of the whole picture is a background colour, and so is any
+    entry within `reach` (max channel difference) of one, which absorbs shading and
+    blotches of the texture that the border happens not to show.
+    """
+    q = img.quantize(colors=64, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    idx = Image.frombytes("L", q.size, q.tobytes())
+    palette = q.getpalette() or []
+    colours = [tuple(palette[3 * i: 3 * i + 3]) for i in range(len(palette) // 3)]
+    h_border = idx.histogram(mask=band)
+    h_all = idx.histogram()
+    n_border, n_all = sum(h_border), sum(h_all)
+    core = [i for i in range(min(256, len(colours)))
+            if h_border[i] >= 0.002 * n_border
+            and h_border[i] / n_border >= 0.25 * h_all[i] / n_all]
+    lut = []
+    for i in range(256):
+        near = i < len(colours) and any(
+            max(abs(a - b) for a, b in zip(colours[i], colours[j], strict=True)) <= reach
+            for j in core)
+        lut.append(255 if near else 0)
+    return idx.point(lut)
+
+
+# ---------------------------------------------------------------- connected components
+
+
+class _Components:
+    """4-connected components of the 255-pixels of an L image, labelled run by run."""
+
+    def __init__(self, mask: Image.Image) -> None:
+        w, h = mask.size
+        self.size = (w, h)
+        data = mask.tobytes()
+        parent: list[int] = []
+        runs: list[tuple[int, int, int]] = []
+
+        def find(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        prev: list[tuple[int, int, int]] = []
+        for y in range(h):
+            cur = []
+            for m in _RUN.finditer(data, y * w, (y + 1) * w):
+                x0, x1 = m.start() - y * w, m.end() - y * w
+                i = len(runs)
+                parent.append(i)
+                runs.append((y, x0, x1))
+                cur.append((x0, x1, i))
+            a = b = 0
+            while a < len(prev) and b < len(cur):
+                px0, px1, pi = prev[a]
+                cx0, cx1, ci = cur[b]
+                if px0 < cx1 and cx0 < px1:
+                    ra, rb = find(pi), find(ci)
+                    if ra != rb:
+                        parent[max(ra, rb)] = min(ra, rb)
+                if px1 < cx1:
+                    a += 1
+                else:
+                    b += 1
+            prev = cur
+        self.runs = runs
+        self.label = [find(i) for i in range(len(runs))]
+        self.area: dict[int, int] = {}
+        self.touches_border: dict[int, bool] = {}
+        for (y, x0, x1), lab in zip(runs, self.label, strict=True):
+            self.area[lab] = self.area.get(lab, 0) + x1 - x0
+            edge = y == 0 or y == h - 1 or x0 == 0 or x1 == w
+            self.touches_border[lab] = self.touches_border.get(lab, False) or edge
+
+    def count_in(self, other: Image.Image) -> dict[int, int]:
+        """Per component, how many of its pixels are 255 in `other`."""
+        w = self.size[0]
+        data = other.tobytes()
+        counts: dict[int, int] = {}
+        for (y, x0, x1), lab in zip(self.runs, self.label, strict=True):
+            counts[lab] = counts.get(lab, 0) + data.count(b"\xff", y * w + x0, y * w + x1)
+        return counts
+
+    def render(self, keep: set[int]) -> Image.Image:
+        w, h = self.size
+        out = bytearray(w * h)
+        for (y, x0, x1), lab in zip(self.runs, self.label, strict=True):
+            if lab in keep:
+                out[y * w + x0: y * w + x1] = b"\xff" * (x1 - x0)
+        return Image.frombytes("L", self.size, bytes(out))
+
+
+# ---------------------------------------------------------------- the mask
+
+
+def _binary(img: Image.Image, threshold: int) -> Image.Image:
+    return img.point(lambda v: 255 if v > threshold else 0)
+
+
+def _open_close(mask: Image.Image) -> Image.Image:
+    """Drop 1-px specks, then bridge 1-px gaps in outlines."""
+    m = mask.filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3))
+    return m.filter(ImageFilter.MaxFilter(3)).filter(ImageFilter.MinFilter(3))
+
+
+def _dilate(mask: Image.Image, radius: float) -> Image.Image:
+    """Grow a 0/255 mask by about `radius` px (blur and a low threshold: cheap at any radius)."""
+    return mask.filter(ImageFilter.GaussianBlur(radius / 2)).point(lambda v: 255 if v > 6 else 0)
+
+
+def filled_model(img: Image.Image, known: Image.Image, cell: int) -> Image.Image | None:
+    """Smooth background estimate from the `known` (255) pixels, interpolated under the rest.
+
+    Cells of the grid average their known pixels; cells without enough of them are filled
+    from their neighbours and relaxed towards a smooth surface, then the grid is upscaled.
+    """
+    w, h = img.size
+    gw, gh = max(2, round(w / cell)), max(2, round(h / cell))
+    weight = known.resize((gw, gh), Image.Resampling.BOX).tobytes()
+    premult = ImageChops.multiply(img, Image.merge("RGB", (known, known, known)))
+    sums = _rgb_pixels(premult.resize((gw, gh), Image.Resampling.BOX))
+    # Cells at least a quarter background get that background's mean colour.
+    grid: list[tuple[float, float, float]] = [
+        (s[0] * 255 / k, s[1] * 255 / k, s[2] * 255 / k) if k >= 64 else (0.0, 0.0, 0.0)
+        for s, k in zip(sums, weight, strict=True)]
+    unknown = [i for i, k in enumerate(weight) if k < 64]
+    if len(unknown) == len(grid):
+        return None
+
+    def neighbours(i: int) -> list[int]:
+        x, y = i % gw, i // gw
+        return [(y + dy) * gw + x + dx for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1))
+                if 0 <= x + dx < gw and 0 <= y + dy < gh]
+
+    def mean(cells: list[int]) -> tuple[float, float, float]:
+        n = len(cells)
+        return (sum(grid[j][0] for j in cells) / n, sum(grid[j][1] for j in cells) / n,
+                sum(grid[j][2] for j in cells) / n)
+
+    todo = set(unknown)
+    while todo:  # grow inwards from the known cells
+        ready = {}
+        for i in todo:
+            valued = [j for j in neighbours(i) if j not in todo]
+            if valued:
+                ready[i] = mean(valued)
+        for i, v in ready.items():
+            grid[i] = v
+        todo -= ready.keys()
+    for _ in range(12):  # relax the filled cells into a smooth membrane
+        for i in unknown:
+            grid[i] = mean(neighbours(i))
+    small = Image.new("RGB", (gw, gh))
+    small.putdata([(_clip(r), _clip(g), _clip(b)) for r, g, b in grid])
+    return small.resize((w, h), Image.Resampling.BICUBIC)
+
+
+def _clip(v: float) -> int:
+    return 0 if v < 0 else 255 if v > 255 else int(v + 0.5)
+
+
+def _segment(img: Image.Image, smooth: Image.Image, model: Image.Image, known: Image.Image,
+             textured: bool, blurred: Image.Image | None,
+             blurred_model: Image.Image | None, mean_cue: bool) -> Image.Image | None:
+    """Subject mask given background models and a mask of pixels known to be background.
+
+    `mean_cue` compares the blurred image with `blurred_model`; only worth it once that
+    model has been learnt from the whole background, not from the border alone.
+    """
+    w, h = img.size
+    area = w * h
+    dist = _distance(smooth, model)
+    noise = _percentile(dist.histogram(mask=known), 0.99)
+    if not textured or blurred is None or blurred_model is None:
+        # A low threshold finds faint parts of the subject; the edge is then placed where
+        # the contrast reaches half its local peak, as an anti-aliased edge would be.
+        threshold = max(2 * noise + 4, min(_otsu(dist.histogram()), 2 * noise + 6))
+        fg = _open_close(_binary(dist, threshold))
+        rim = ImageChops.subtract(fg, fg.filter(ImageFilter.MinFilter(5)))
+        half_peak = dist.filter(ImageFilter.MaxFilter(5)).point(lambda v: v // 2)
+        faint = ImageChops.subtract(half_peak, dist).point(lambda v: 255 if v > 0 else 0)
+        fg = ImageChops.subtract(fg, ImageChops.multiply(rim, faint))
+        # Shadows are cut after the cleanup, which would otherwise erase the thin outline
+        # that separates a dark subject's inside from its shadow.
+        fg = ImageChops.subtract(fg, _shadow_like(smooth, model, smooth_only=True))
+        strict_bg = dist.point(lambda v: 255 if v <= noise + 2 else 0)
+    else:
+        coarse = img.filter(ImageFilter.GaussianBlur(2))
+        novel = ImageChops.invert(_colour_background(coarse, known, 24))
+        # The texture averaged out: a subject whose colours all occur somewhere in the
+        # texture (terracotta on wood) still differs from the texture's mean colour.
+        if mean_cue:
+            mean_dist = _distance(blurred, blurred_model)
+            mean_noise = _percentile(mean_dist.histogram(mask=known), 0.99)
+            far = _binary(mean_dist, mean_noise + 6)
+            # The blur spreads a contrasty subject outwards; pull that back.
+            far = ImageChops.invert(_dilate(ImageChops.invert(far), 10))
+            novel = ImageChops.lighter(novel, far)
+        # Shadows are judged on the lightly blurred image: heavy blurring would mix a dark
+        # thin part (a handle) with the texture around it into something shadow-like.
+        evidence = ImageChops.subtract(novel, _shadow_like(coarse, blurred_model,
+                                                           smooth_only=False))
+        # A majority vote over a neighbourhood: texture pixels that happen to have an
+        # unusual colour are outvoted by the background around them.
+        vote = evidence.filter(ImageFilter.BoxBlur(2))
+        fg = _open_close(vote.point(lambda v: 255 if v >= 128 else 0))
+        strict_bg = vote.point(lambda v: 255 if v < 25 else 0)
+    if fg.getbbox() is None:
+        return None
+
+    comps = _Components(fg)
+    largest = max(comps.area.values())
+    keep = {lab for lab, a in comps.area.items()
+            if a >= max(0.05 * largest, 0.0005 * area)}
+    fg = comps.render(keep)
+
+    # Enclosed background-coloured regions are see-through holes (a mug handle) if they are
+    # sizeable and match the background closely; otherwise they are parts of the subject
+    # that happen to resemble the background (a white label) and get filled.
+    # Bleed-through next to the outline (a band of background colour across a can) is
+    # not a hole: a real one is walled off from the outside by solid subject.
+    bg = ImageChops.invert(fg)
+    holes = _Components(bg)
+    outside = holes.render({lab for lab, edge in holes.touches_border.items() if edge})
+    near_outside = _dilate(outside, max(2, round(0.012 * min(w, h))))
+    strict = holes.count_in(strict_bg)
+    near = holes.count_in(near_outside)
+    keep_bg = {lab for lab, a in holes.area.items()
+               if holes.touches_border[lab]
+               or (a >= 0.002 * area and strict[lab] >= 0.85 * a and near[lab] <= 0.02 * a)}
+    fg = ImageChops.invert(holes.render(keep_bg))
+
+    fg_area = fg.histogram()[255]
+    if fg_area < 0.001 * area or fg_area > 0.98 * area:
+        return None
+    return fg
+
+
+def foreground_mask(img: Image.Image) -> Image.Image | None:
+    """Binary (0/255) subject mask of an RGB image, or None when there is no clear subject.
+
+    A first pass models the background from the image border only; a second pass re-models
+    it from every pixel the first pass called background (well clear of the subject), which
+    captures radial light falloff and blotchy textures the border alone cannot show.
+    """
+    w, h = img.size
+    bandw = max(2, round(0.02 * min(w, h)))
+    band = _band_mask(img.size, bandw)
+    smooth = img.filter(ImageFilter.GaussianBlur(1))
+    model = background_model(smooth, bandw)
+    roughness = _percentile(_distance(smooth, model).histogram(mask=band), 0.95)
+    textured = roughness > TEXTURE_LEVEL
+    blurred = img.filter(ImageFilter.GaussianBlur(6)) if textured else None
+    blurred_model = background_model(blurred, bandw) if blurred is not None else None
+    first = _segment(img, smooth, model, band, textured, blurred, blurred_model, False)
+    if first is None:
+        return None
+
+    known = ImageChops.invert(_dilate(first, 0.04 * min(w, h)))
+    if known.histogram()[255] < 0.1 * w * h:
+        return first
+    cell = max(4, round(max(w, h) / 40))
+    model2 = filled_model(smooth, known, cell)
+    blurred_model2 = filled_model(blurred, known, cell) if blurred is not None else None
+    if model2 is None:
+        return first
+    second = _segment(img, smooth, model2, known, textured, blurred, blurred_model2, True)
+    return second if second is not None else first
+
+
+def _feather(mask: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Upscale a binary work-size mask to `size` with a soft edge about 1.5 px wide."""
+    factor = size[0] / mask.width
+    soft = mask.filter(ImageFilter.GaussianBlur(0.6))
+    if soft.size != size:
+        soft = soft.resize(size, Image.Resampling.BICUBIC)
+        soft = soft.filter(ImageFilter.GaussianBlur(0.5 * factor))
+    # Steepen the ramp so the feather stays narrow after the blur.
+    return soft.point(lambda v: max(0, min(255, (v - 128) * 2 + 128)))
