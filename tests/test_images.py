@@ -258,6 +258,16 @@ def test_odd_names_come_back_exactly(folder: Path) -> None:
     assert all(isinstance(i, ImageFile) and i.path.is_file() for i in found)
 
 
+def test_names_that_are_not_utf8_are_kept_and_usable(folder: Path) -> None:
+    raw = os.fsencode(folder) + b"/caf\xe9.png"
+    with open(raw, "wb") as f:
+        f.write(png())
+    [item] = discover(folder)
+    assert isinstance(item, ImageFile)
+    assert item.rel == "caf\udce9.png"
+    assert prepare(item).data == png()
+
+
 def test_symlinks_to_files_and_directories_are_followed(folder: Path) -> None:
     outside = folder / "outside"
     write(outside / "o.png", png())

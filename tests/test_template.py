@@ -109,6 +109,13 @@ def test_odd_file_names_are_escaped(tmp_path: Path) -> None:
     assert parsed["input"]["path"] == f"[{rel}]"
 
 
+def test_undecodable_file_names_still_render_valid_json() -> None:
+    # os.scandir hands back bytes that are not UTF-8 as lone surrogates.
+    rel = "raw/caf\udce9.png"
+    t = RequestTemplate({"input": {"f": "{{rel}}", "i": "{{image_base64}}"}}, source="t")
+    assert body(t, prepared(rel=rel))["input"]["f"] == rel
+
+
 @settings(max_examples=200)
 @given(
     name=st.text(min_size=1).filter(lambda s: "/" not in s),
