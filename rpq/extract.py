@@ -166,7 +166,7 @@ def _from_mapping(out: Mapping[str, object], where: str) -> list[Artifact]:
     keys = ", ".join(sorted(str(k) for k in out)) or "none"
     raise OutputError(
         f"found no image in {where} (keys: {_clip(keys)}); "
-        "set the output key (a dotted path such as 'result.0.png') to the field holding the image"
+        "pass --output-key with the dotted path of the image, e.g. --output-key result.0.png"
     )
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from typing import Any
 
 from rpq import __version__
@@ -41,6 +42,7 @@ class BatchResult:
     summary: dict[str, Any]
     interrupted: bool = False
     orphans: int = 0
+    skipped: int = 0
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -187,7 +189,7 @@ class Batch:
             self.journal.close()
         summary = self._finish(started_wall)
         return BatchResult(self.records, summary, interrupted=self._stop.is_set(),
-                           orphans=self.orphans)
+                           orphans=self.orphans, skipped=self.tracker.counts["skipped"])
 
     def interrupt(self) -> int:
         """Ctrl-C: first stop submitting and cancel queued jobs; then cancel everything."""
@@ -198,10 +200,13 @@ class Batch:
         with self._lock:
             live = list(self._live.items())
         targets = [(jid, key) for jid, (key, st) in live if level == 2 or st == "IN_QUEUE"]
-        what = "every job in flight" if level == 2 else "queued jobs; running ones may finish"
-        self.reporter.message(f"interrupted: submitting nothing new, cancelling {what} "
-                              f"({len(targets)}). Press Ctrl-C again to cancel all.")
-        threading.Thread(target=self._cancel_all, args=(targets, "interrupted"),
+        if level == 1:
+            self.reporter.message("interrupted: submitting nothing new and cancelling queued "
+                                  "jobs; running ones may finish. Ctrl-C again cancels all.")
+        else:
+            self.reporter.message(f"interrupted again: cancelling all {len(targets)} job(s) "
+                                  "in flight.")
+        threading.Thread(target=self._cancel_all, args=(targets, level == 1),
                          daemon=True).start()
         return level
 
@@ -481,9 +486,17 @@ class Batch:
             self.journal.cancelled(key, job_id, answer, reason)
         return text
 
-    def _cancel_all(self, targets: list[tuple[str, str]], reason: str) -> None:
+    def _cancel_all(self, targets: list[tuple[str, str]], queued_only: bool) -> None:
         for job_id, key in targets:
-            self._cancel(key, job_id, reason)
+            if queued_only:
+                # Our last view may be a long poll old: ask before cancelling a running job.
+                try:
+                    body = self.caller.call("status", partial(self.client.status, job_id))
+                except APIError:
+                    continue
+                if body.get("status") != "IN_QUEUE":
+                    continue
+            self._cancel(key, job_id, "interrupted")
 
     def _bad_input(self, rel: str, reason: str) -> JobRecord:
         return JobRecord(input=rel, status="FAILED", error=reason, error_kind="bad_input",
@@ -498,7 +511,11 @@ class Batch:
 
     def _record(self, key: str | None, record: JobRecord) -> None:
         if key is not None and self.journal is not None:
-            self.journal.end(key, record.to_dict())
+            if record.error_kind == "cancelled" and record.job_id:
+                # Cancelled (Ctrl-C, `rpq cancel`): not an outcome; a rerun sends it again.
+                self.journal.lost(key, record.job_id, "cancelled")
+            else:
+                self.journal.end(key, record.to_dict())
         self.tracker.add("done" if record.status == "COMPLETED" else
                          "cancelled" if record.status == "CANCELLED" else "failed")
         self._report(record)
@@ -508,7 +525,7 @@ class Batch:
             self.records.append(record)
         if count:
             self.tracker.finished(record)
-        self.reporter.job_done(record)
+        self.reporter.job_done(record, skipped=not count)
 
     def _on_retry(self, op: str, exc: BaseException, delay: float) -> None:
         if op == "run":

@@ -94,7 +94,7 @@ class Tracker:
 
 class Reporter(Protocol):
     def start(self, tracker: Tracker) -> None: ...
-    def job_done(self, record: JobRecord) -> None: ...
+    def job_done(self, record: JobRecord, skipped: bool = False) -> None: ...
     def message(self, text: str) -> None: ...
     def stop(self) -> None: ...
 
@@ -105,8 +105,11 @@ def _secs(value: float | None) -> str:
     return f"{value:.1f}s" if value < 120 else f"{value / 60:.1f}m"
 
 
-def describe(record: JobRecord) -> str:
+def describe(record: JobRecord, skipped: bool = False) -> str:
     """One plain line per finished job."""
+    if skipped:
+        state = "done" if record.status == "COMPLETED" else "failed"
+        return f"skip    {record.input} ({state} in an earlier run)"
     times = f"queue {_secs(record.queue_time)} run {_secs(record.process_time)}"
     if record.status == "COMPLETED":
         outs = ", ".join(record.outputs) or "-"
@@ -124,8 +127,8 @@ class PlainReporter:
     def start(self, tracker: Tracker) -> None:
         pass
 
-    def job_done(self, record: JobRecord) -> None:
-        print(describe(record), file=self.stream, flush=True)
+    def job_done(self, record: JobRecord, skipped: bool = False) -> None:
+        print(describe(record, skipped), file=self.stream, flush=True)
 
     def message(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
@@ -137,7 +140,7 @@ class PlainReporter:
 class QuietReporter(PlainReporter):
     """Messages only (for --json runs that want a clean stderr too)."""
 
-    def job_done(self, record: JobRecord) -> None:
+    def job_done(self, record: JobRecord, skipped: bool = False) -> None:
         pass
 
 
@@ -151,7 +154,7 @@ class RecordingReporter:
     def start(self, tracker: Tracker) -> None:
         pass
 
-    def job_done(self, record: JobRecord) -> None:
+    def job_done(self, record: JobRecord, skipped: bool = False) -> None:
         self.records.append(record)
 
     def message(self, text: str) -> None:
@@ -179,7 +182,7 @@ class LiveReporter:
                           refresh_per_second=4, transient=False)
         self._live.start()
 
-    def job_done(self, record: JobRecord) -> None:
+    def job_done(self, record: JobRecord, skipped: bool = False) -> None:
         pass
 
     def message(self, text: str) -> None:

@@ -7,10 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from batchkit import batch_args, endpoint_env, rpq
 from imaging import decodes, jpeg_bytes, make_images, png_bytes
+from PIL import Image
 
 
 def outputs_of(out: Path) -> list[Path]:
@@ -61,7 +60,8 @@ def test_rerun_skips_done_work_even_after_rename(tmp_path: Path, make_endpoint) 
     assert ep.calls()["run"] == 6
 
 
-def test_transient_errors_lose_nothing_and_duplicate_nothing(tmp_path: Path, make_endpoint) -> None:
+def test_transient_errors_lose_nothing_and_duplicate_nothing(tmp_path: Path, make_endpoint
+                                                             ) -> None:
     ep = make_endpoint(handler="echo", workers_max=4, faults="500=0.15,drop=0.08,429=0.03",
                        seed=11)
     src = tmp_path / "in"
@@ -109,7 +109,8 @@ def test_handler_failure_is_reported_with_the_workers_message(tmp_path: Path, ma
     )
     ep = make_endpoint(handler=f"{worker}:handler", workers_max=2)
     template = tmp_path / "t.json"
-    template.write_text(json.dumps({"input": {"image": "{{image_base64}}", "name": "{{filename}}"}}))
+    body = {"input": {"image": "{{image_base64}}", "name": "{{filename}}"}}
+    template.write_text(json.dumps(body))
     src = tmp_path / "in"
     make_images(src, 4)
     out = tmp_path / "out"

@@ -167,9 +167,11 @@ def _print_summary(result: Any, settings: Any) -> None:
     stats = result.summary["stats"]
     if settings.json_summary:
         print(json.dumps(result.summary, indent=2, ensure_ascii=False))
+    cancelled = int(stats.get("cancelled") or 0)
+    failed = int(stats.get("failed") or 0) - cancelled
     lines = [
         f"{stats.get('completed', 0)} of {stats.get('total_jobs', 0)} images done, "
-        f"{stats.get('failed', 0)} failed"
+        f"{failed} failed" + (f", {cancelled} cancelled" if cancelled else "")
         + (f" (success {stats.get('success_rate')}%)" if stats.get("total_jobs") else ""),
         f"results in {settings.out}   metrics in {result.summary['metrics']}",
     ]
@@ -178,6 +180,9 @@ def _print_summary(result: Any, settings: Any) -> None:
             f"total time per job: avg {stats.get('avg_total_time')}s, "
             f"p50 {stats.get('p50_total_time')}s, p95 {stats.get('p95_total_time')}s"
         )
+    if result.skipped:
+        lines.append(f"{result.skipped} image(s) were already handled by an earlier run "
+                     "(--retry-failed retries earlier failures, --fresh redoes everything)")
     if result.orphans:
         lines.append(f"note: {result.orphans} submit(s) of an earlier run were cut off before the "
                      "endpoint answered; those images were sent again.")

@@ -1,0 +1,119 @@
+"""Every output shape workers are known to return ends up as an image file."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from batchkit import batch_args, endpoint_env, rpq
+from imaging import jpeg_bytes, png_bytes
+
+WORKER = '''
+import base64
+
+SERVED = {served!r}
+
+def handler(job):
+    name = job["input"]["name"]
+    b64 = job["input"]["image"]
+    shape = name.split("-")[0]
+    if shape == "comfy5":
+        return {{"images": [{{"filename": "ComfyUI_0001_.png", "type": "base64", "data": b64}},
+                           {{"filename": "ComfyUI_0002_.png", "type": "base64", "data": b64}}]}}
+    if shape == "comfys3":
+        return {{"images": [{{"filename": "x.png", "type": "s3_url", "data": SERVED + "/pic"}}]}}
+    if shape == "a1111":
+        return {{"images": [b64]}}
+    if shape == "comfy3":
+        return {{"status": "success", "message": b64}}
+    if shape == "imageb64":
+        return {{"filename": name, "image_b64": b64}}
+    if shape == "imagebase64":
+        return {{"image_base64": b64, "format": "PNG"}}
+    if shape == "datauri":
+        return {{"image": "data:image/png;base64," + b64}}
+    if shape == "nested":
+        return {{"output": {{"image": b64}}}}
+    if shape == "bare":
+        return b64
+    if shape == "url":
+        return {{"image": SERVED + "/pic"}}
+    if shape == "custom":
+        return {{"result": {{"files": [{{"png": b64}}]}}}}
+    raise ValueError("unknown shape " + shape)
+'''
+
+SHAPES = ["comfy5", "comfys3", "a1111", "comfy3", "imageb64", "imagebase64", "datauri", "nested",
+          "bare", "url"]
+
+
+@pytest.fixture
+def picture_server() -> Iterator[str]:
+    body = jpeg_bytes(99)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def _setup(tmp_path: Path, served: str, names: list[str]) -> tuple[Path, Path, Path]:
+    worker = tmp_path / "worker.py"
+    worker.write_text(WORKER.format(served=served))
+    template = tmp_path / "t.json"
+    template.write_text(json.dumps({"input": {"image": "{{image_base64}}", "name": "{{stem}}"}}))
+    src = tmp_path / "in"
+    src.mkdir()
+    for i, name in enumerate(names):
+        (src / f"{name}-{i}.png").write_bytes(png_bytes(i))
+    return worker, template, src
+
+
+def test_every_known_shape(tmp_path: Path, make_endpoint, picture_server: str) -> None:
+    worker, template, src = _setup(tmp_path, picture_server, SHAPES)
+    ep = make_endpoint(handler=f"{worker}:handler", workers_max=3)
+    out = tmp_path / "out"
+    run = rpq(*batch_args(src, out, "--input-template", template, "--save-json"),
+              env=endpoint_env(ep))
+    assert run.code == 0, run.stderr
+    names = sorted(p.name for p in out.iterdir() if not p.name.startswith((".", "job_")))
+    expected = {
+        "comfy5-0_1.png", "comfy5-0_2.png", "comfys3-1.jpg", "a1111-2.png", "comfy3-3.png",
+        "imageb64-4.png", "imagebase64-5.png", "datauri-6.png", "nested-7.png", "bare-8.png",
+        "url-9.jpg",
+    }
+    assert expected <= set(names)
+    assert {n for n in names if n.endswith(".json")} == {f"{s}-{i}.json" for i, s in
+                                                         enumerate(SHAPES)}
+    assert (out / "comfy3-3.png").read_bytes() == (src / "comfy3-3.png").read_bytes()
+    assert (out / "url-9.jpg").read_bytes() == jpeg_bytes(99)
+
+
+def test_output_key_selects_the_image(tmp_path: Path, make_endpoint) -> None:
+    worker, template, src = _setup(tmp_path, "http://127.0.0.1:9", ["custom"])
+    ep = make_endpoint(handler=f"{worker}:handler")
+    out = tmp_path / "out"
+    run = rpq(*batch_args(src, out, "--input-template", template), env=endpoint_env(ep))
+    assert run.code == 1  # not a known shape: the error says what the output holds
+    assert "result" in run.metrics(out)["jobs"][0]["error"]
+    run = rpq(*batch_args(src, out, "--input-template", template, "--retry-failed",
+                          "--output-key", "result.files.0.png"), env=endpoint_env(ep))
+    assert run.code == 0, run.stderr
+    assert (out / "custom-0.png").read_bytes() == (src / "custom-0.png").read_bytes()
