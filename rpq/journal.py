@@ -28,7 +28,7 @@ class Entry:
 
     key: str
     rel: str = ""
-    state: str = "new"  # intent | submitted | done | failed
+    state: str = "new"  # intent | submitted | cancelled | done | failed
     job_id: str | None = None
     endpoint: str | None = None
     base_url: str | None = None
@@ -102,6 +102,10 @@ class Journal:
             entry.base_url = event.get("base_url")
         elif kind == "cancel":
             entry.cancels.append({k: event.get(k) for k in ("job_id", "answer", "reason")})
+            answer = event.get("answer")
+            if (entry.state == "submitted" and entry.job_id == event.get("job_id")
+                    and isinstance(answer, dict) and answer.get("status") == "CANCELLED"):
+                entry.state = "cancelled"  # gone from the endpoint: a rerun sends it again
         elif kind == "lost":
             entry.state = "intent"
             entry.job_id = None

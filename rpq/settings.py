@@ -49,11 +49,10 @@ def config_file_key(home: Path | None = None) -> str | None:
         return None
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        # The parser's message quotes the offending line, which may hold the key: say where only.
-        where = f" (line {exc.lineno})" if isinstance(exc, tomllib.TOMLDecodeError) else ""
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        # The parser's message may quote the line that holds the key: name the file only.
         raise UsageError(
-            f"{path} is not valid TOML{where}. Fix it, or pass --api-key / set RUNPOD_API_KEY."
+            f"{path} is not valid TOML. Fix it, or pass --api-key / set RUNPOD_API_KEY."
         ) from None
     section = data.get("default")
     key = section.get("api_key") if isinstance(section, dict) else None
