@@ -596,7 +596,7 @@ def draw_can(cv: Canvas, b: Box, metal: Color, print_: Color) -> None:
     wave = [(x0 + t / 20 * w, y0 + 0.45 * h + 0.06 * h * math.sin(t / 20 * 2 * math.pi))
             for t in range(21)]
     wave += [(x, y + 0.08 * h) for x, y in reversed(wave)]
-    cv.paint(_mix(print_, (255, 255, 255), 0.6),
+    cv.paint(_mix(print_, (255, 255, 255), 0.88),
              cv.shape(lambda d: d.polygon(cv.pts(wave), fill=255)))
 
 

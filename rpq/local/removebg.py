@@ -16,6 +16,8 @@ MIN_SIDE = 8
 # which the background is treated as a texture rather than a plain colour or gradient.
 TEXTURE_LEVEL = 9
 
+RIM = 7
+EDGE = 12
 _RUN = re.compile(rb"\xff+")
 # Natural log scaled so 0..255 maps onto 0..255: differences of logs are brightness ratios.
 _LOG_SCALE = 255 / math.log(256)
@@ -242,10 +244,13 @@ def _shadow_like(img: Image.Image, model: Image.Image, smooth_only: bool) -> Ima
     not_black = lo.point(lambda v: 255 if v >= floor else 0)
     out = ImageChops.multiply(ImageChops.multiply(even, darker), not_black)
     if smooth_only:
-        luma = img.convert("L")
+        # Extra smoothing keeps sensor noise from reading as edges inside the shadow.
+        luma = img.convert("L").filter(ImageFilter.GaussianBlur(1))
         edge = ImageChops.subtract(luma.filter(ImageFilter.MaxFilter(3)),
                                    luma.filter(ImageFilter.MinFilter(3)))
-        out = ImageChops.multiply(out, edge.point(lambda v: 255 if v <= 8 else 0))
+        out = ImageChops.multiply(out, edge.point(lambda v: 255 if v <= EDGE else 0))
+    # Majority vote: isolated misses inside a shadow would otherwise stay as specks.
+    out = out.filter(ImageFilter.BoxBlur(1)).point(lambda v: 255 if v >= 128 else 0)
     return out
 
 
@@ -413,6 +418,20 @@ def _clip(v: float) -> int:
     return 0 if v < 0 else 255 if v > 255 else int(v + 0.5)
 
 
+def _outside(fg: Image.Image) -> Image.Image:
+    """Background reachable from the image border through gaps at least 3 px wide.
+
+    Narrower channels do not count: a one-pixel seam of background colour (a highlight
+    along a can) must not connect the inside of a subject to the outside.
+    """
+    bg = ImageChops.invert(fg)
+    core = bg.filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3))
+    comps = _Components(core)
+    reach = comps.render({lab for lab, edge in comps.touches_border.items() if edge})
+    # The opening shaved the outline by a pixel; give that back.
+    return ImageChops.multiply(bg, reach.filter(ImageFilter.MaxFilter(3)))
+
+
 def _segment(img: Image.Image, smooth: Image.Image, model: Image.Image, known: Image.Image,
              textured: bool, blurred: Image.Image | None,
              blurred_model: Image.Image | None, mean_cue: bool) -> Image.Image | None:
@@ -426,17 +445,19 @@ def _segment(img: Image.Image, smooth: Image.Image, model: Image.Image, known: I
     dist = _distance(smooth, model)
     noise = _percentile(dist.histogram(mask=known), 0.99)
     if not textured or blurred is None or blurred_model is None:
-        # A low threshold finds faint parts of the subject; the edge is then placed where
-        # the contrast reaches half its local peak, as an anti-aliased edge would be.
+        # A low threshold finds faint parts of the subject. Shadows are cut after the
+        # cleanup, which would otherwise erase the thin outline that separates a dark
+        # subject's inside from its shadow.
         threshold = max(2 * noise + 4, min(_otsu(dist.histogram()), 2 * noise + 6))
         fg = _open_close(_binary(dist, threshold))
-        rim = ImageChops.subtract(fg, fg.filter(ImageFilter.MinFilter(5)))
-        half_peak = dist.filter(ImageFilter.MaxFilter(5)).point(lambda v: v // 2)
+        fg = ImageChops.subtract(fg, _shadow_like(smooth, model, smooth_only=True))
+        # The edge is placed where the contrast reaches half its local peak, as on an
+        # anti-aliased edge; this also trims what is left of a shadow at the outline.
+        # Only the outer outline: trimming around inner details would widen them into gaps.
+        rim = ImageChops.multiply(fg, _outside(fg).filter(ImageFilter.MaxFilter(RIM)))
+        half_peak = dist.filter(ImageFilter.MaxFilter(RIM)).point(lambda v: v // 2)
         faint = ImageChops.subtract(half_peak, dist).point(lambda v: 255 if v > 0 else 0)
         fg = ImageChops.subtract(fg, ImageChops.multiply(rim, faint))
-        # Shadows are cut after the cleanup, which would otherwise erase the thin outline
-        # that separates a dark subject's inside from its shadow.
-        fg = ImageChops.subtract(fg, _shadow_like(smooth, model, smooth_only=True))
         strict_bg = dist.point(lambda v: 255 if v <= noise + 2 else 0)
     else:
         coarse = img.filter(ImageFilter.GaussianBlur(2))
@@ -473,16 +494,14 @@ def _segment(img: Image.Image, smooth: Image.Image, model: Image.Image, known: I
     # that happen to resemble the background (a white label) and get filled.
     # Bleed-through next to the outline (a band of background colour across a can) is
     # not a hole: a real one is walled off from the outside by solid subject.
-    bg = ImageChops.invert(fg)
-    holes = _Components(bg)
-    outside = holes.render({lab for lab, edge in holes.touches_border.items() if edge})
+    outside = _outside(fg)
+    holes = _Components(ImageChops.subtract(ImageChops.invert(fg), outside))
     near_outside = _dilate(outside, max(2, round(0.012 * min(w, h))))
     strict = holes.count_in(strict_bg)
     near = holes.count_in(near_outside)
-    keep_bg = {lab for lab, a in holes.area.items()
-               if holes.touches_border[lab]
-               or (a >= 0.002 * area and strict[lab] >= 0.85 * a and near[lab] <= 0.02 * a)}
-    fg = ImageChops.invert(holes.render(keep_bg))
+    see_through = {lab for lab, a in holes.area.items()
+                   if a >= 0.002 * area and strict[lab] >= 0.85 * a and near[lab] <= 0.02 * a}
+    fg = ImageChops.invert(ImageChops.lighter(outside, holes.render(see_through)))
 
     fg_area = fg.histogram()[255]
     if fg_area < 0.001 * area or fg_area > 0.98 * area:
