@@ -566,18 +566,25 @@ def test_stop_is_prompt_with_running_jobs(http: requests.Session) -> None:
     import threading
 
     ep = LocalEndpoint(handler="sleep", workers_max=2).start()
-    for _ in range(3):
-        run(http, ep, input={"seconds": 30})
+    ids = [run(http, ep, input={"seconds": 30}) for _ in range(3)]
     wait_for(lambda: ep.health()["workers"]["running"] == 2)
-    holder = threading.Thread(  # a long poll in flight during stop
-        target=lambda: requests.get(f"{ep.url}/health", timeout=5), daemon=True
-    )
+    outcome: list[object] = []
+
+    def long_poll() -> None:
+        try:
+            outcome.append(requests.get(f"{ep.url}/status-sync/{ids[0]}?wait=30000", timeout=10))
+        except requests.ConnectionError as exc:
+            outcome.append(exc)
+
+    holder = threading.Thread(target=long_poll, daemon=True)
     holder.start()
+    wait_for(lambda: ep.calls()["status-sync"] == 1)
     started = time.monotonic()
     ep.stop()
     assert time.monotonic() - started < 1.0
     ep.stop()  # idempotent
     holder.join(5)
+    assert outcome, "the long poll should end when the endpoint stops"
     wait_for(
         lambda: all(t.daemon for t in threading.enumerate() if t is not threading.main_thread())
     )

@@ -217,7 +217,10 @@ def test_file_using_runpod_start(
         import os, time
         import runpod
 
+        log = runpod.RunPodLogger()
+
         def handler(job):
+            log.info("starting")
             runpod.serverless.progress_update(job, "halfway")
             deadline = time.monotonic() + 10
             while not os.path.exists({str(flag)!r}) and time.monotonic() < deadline:
@@ -328,6 +331,12 @@ def test_file_generator_streams(
             "without a callable 'handler'",
         ),
         (None, "no-such-builtin", "unknown handler 'no-such-builtin'"),
+        (
+            "from runpod.serverless.utils import rp_upload\n",
+            "{path}",
+            "imports runpod.serverless.utils, which rpq serve does not provide",
+        ),
+        ("import no_such_module_xyz\n", "{path}", "No module named 'no_such_module_xyz'"),
     ],
 )
 def test_bad_handlers_fail_at_start_naming_the_file(

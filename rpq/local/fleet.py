@@ -37,6 +37,7 @@ RUNNING = "running"
 UNHEALTHY = "unhealthy"
 
 MB = 1024 * 1024
+BODY_CACHE_LIMIT = 64 * 1024
 
 # Documented per-endpoint limits per 10 s window (retry and health have none documented).
 DEFAULT_RATE_LIMITS: dict[str, int] = {
@@ -343,10 +344,12 @@ class Fleet:
             rev = job.rev
             terminal = job.status in TERMINAL
         body = _dumps(doc)
-        if terminal:
+        # Terminal bodies never change, so small ones are encoded once; big ones (images)
+        # are rarely read twice and would double the memory each retained job holds.
+        if terminal and len(body) <= BODY_CACHE_LIMIT:
             with self._lock:
                 if job.rev == rev:
-                    job.body = body  # terminal bodies never change: encode once
+                    job.body = body
         return body
 
     def wait_terminal(self, job_id: str, timeout: float) -> dict[str, Any] | None:
@@ -558,6 +561,9 @@ class Fleet:
             self._in_progress -= 1
             job.attempt += 1
         job.deleted = True
+        # Heap entries may still point at the job until its ttl; keep only a small husk.
+        job.input = job.output = job.s3_config = job.body = None
+        job.chunks = []
         self._jobs.pop(job.id, None)
         self._changed.notify_all()
 

@@ -11,6 +11,7 @@ import importlib.util
 import inspect
 import io
 import json
+import logging
 import socket
 import sys
 import threading
@@ -315,6 +316,18 @@ def _import_worker_file(path: Path) -> _Loaded:
     except HandlerLoadError:
         sys.modules.pop(name, None)
         raise
+    except ModuleNotFoundError as exc:
+        sys.modules.pop(name, None)
+        if (exc.name or "").startswith("runpod."):
+            raise HandlerLoadError(
+                f"handler file {path} imports {exc.name}, which rpq serve does not provide: "
+                f"it stands in for runpod.serverless.start, progress_update and RunPodLogger "
+                f"only; import other runpod modules inside the handler, or name a function "
+                f"with {path}:FUNCTION in a file that does not need them"
+            ) from None
+        raise HandlerLoadError(
+            f"handler file {path} failed to import: {type(exc).__name__}: {exc}"
+        ) from None
     except (Exception, SystemExit) as exc:
         sys.modules.pop(name, None)
         raise HandlerLoadError(
@@ -350,4 +363,26 @@ def _runpod_stand_in(captured: dict[str, HandlerFunc], path: Path) -> Any:
     serverless.start = start  # type: ignore[attr-defined]
     serverless.progress_update = progress_update  # type: ignore[attr-defined]
     runpod.serverless = serverless  # type: ignore[attr-defined]
+    runpod.RunPodLogger = _RunPodLogger  # type: ignore[attr-defined]
     return runpod
+
+
+class _RunPodLogger:
+    """Stand-in for runpod.RunPodLogger, which many worker files create at import."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._log = logging.getLogger("rpq.serve.worker")
+
+    def debug(self, message: Any, request_id: str | None = None) -> None:
+        self._log.debug("%s", message)
+
+    def info(self, message: Any, request_id: str | None = None) -> None:
+        self._log.info("%s", message)
+
+    def warn(self, message: Any, request_id: str | None = None) -> None:
+        self._log.warning("%s", message)
+
+    warning = warn
+
+    def error(self, message: Any, request_id: str | None = None) -> None:
+        self._log.error("%s", message)
