@@ -224,13 +224,14 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self._status = 0
         self._body_done = False
         try:
-            self._handle(ep)
-        except _Answer as answer:
-            self._finish_body()
-            self._send(answer.status, {"error": answer.message}, answer.headers)
+            try:
+                self._handle(ep)
+            except _Answer as answer:
+                self._finish_body()
+                self._send(answer.status, {"error": answer.message}, answer.headers)
         except _Drop:
             self.close_connection = True
-        except OSError:
+        except OSError:  # the client went away
             self.close_connection = True
         except Exception:
             log.exception("internal error on %s %s", self.command, self.path.split("?")[0])
