@@ -245,3 +245,13 @@ def _capped(chunks: Iterator[bytes], limit: int, url: str) -> Iterator[bytes]:
         if total > limit:
             raise APIError(f"download of {url[:120]} exceeds {limit // (1 << 20)} MB; not saved")
         yield chunk
+
+
+def post_json(url: str, payload: dict[str, Any], timeout: float = 5.0) -> int:
+    """POST a JSON document (alert webhooks); returns the HTTP status, raises TransportError."""
+    try:
+        resp = requests.post(url, json=payload, timeout=(3.0, timeout))
+    except requests.RequestException as exc:
+        raise TransportError(f"webhook: {type(exc).__name__}: {_short_cause(exc)}") from None
+    resp.close()
+    return resp.status_code

@@ -15,16 +15,18 @@ from functools import partial
 from typing import Any
 
 from rpq import __version__
-from rpq.api import RunPodClient, is_transient
+from rpq.api import RunPodClient, is_transient, post_json
 from rpq.errors import APIError, InputError, RpqError, UsageError
 from rpq.extract import OutputError, decode_worker_error
+from rpq.guards import Alerter, Guards, GuardSettings, HaltRule
+from rpq.health import diagnose
 from rpq.images import ImageFile, Skipped, content_digest, discover, prepare
 from rpq.journal import JOURNAL_NAME, Entry, Journal, job_key
 from rpq.limiter import Limiters, Rate
 from rpq.metrics import JobRecord, summarize, write_metrics
-from rpq.poll import TERMINAL, Poller, PollResult, StallDetector, Timing
+from rpq.poll import STARTED, Poller, PollResult, StallDetector, Timing
 from rpq.progress import Reporter, Tracker
-from rpq.settings import BatchSettings
+from rpq.settings import BatchSettings, check_base_url
 from rpq.submit import Caller
 from rpq.template import RequestTemplate
 from rpq.write import ResultWriter
@@ -36,13 +38,15 @@ HEALTH_EVERY = 5.0
 
 @dataclass
 class BatchResult:
-    """What a finished (or interrupted) batch did; the CLI turns it into output and exit code."""
+    """What a finished (or stopped) batch did; the CLI turns it into output and exit code."""
 
     records: list[JobRecord]
     summary: dict[str, Any]
     interrupted: bool = False
+    stop_reason: str | None = None
     orphans: int = 0
     skipped: int = 0
+    not_started: int = 0
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -76,6 +80,17 @@ def policy_of(settings: BatchSettings) -> dict[str, Any] | None:
     return policy or None
 
 
+class _Job:
+    """One image's way through the endpoint(s): attempts, job ids, tracker state."""
+
+    def __init__(self, rel: str, key: str, attempts: int) -> None:
+        self.rel = rel
+        self.key = key
+        self.attempts = attempts
+        self.state = ""  # tracker column this job is counted in
+        self.cancelled: list[str] = []
+
+
 class Batch:
     """One run of `rpq batch`. Knows nothing of Typer or Rich; time is injected."""
 
@@ -97,33 +112,68 @@ class Batch:
             ep.base_url, ep.endpoint_id, ep.api_key, pool_size=settings.concurrency + 8
         )
         self.template = build_template(settings)
+        if self.template.warning:
+            reporter.message(f"warning: {self.template.warning}")
         self.policy = policy_of(settings)
         self.fingerprint = hashlib.sha256(
             "|".join([self.template.fingerprint(), str(settings.max_side), str(settings.fmt),
                       ep.endpoint_id]).encode()
         ).hexdigest()
         self.tracker = Tracker(clock)
-        self.limiters = Limiters(Rate.parse(settings.rate) if settings.rate else None,
-                                 clock=clock, sleep=sleep)
-        self.caller = Caller(self.client, self.limiters, max_retries=settings.max_retries,
-                             sleep=sleep, on_retry=self._on_retry)
+        run_rate = Rate.parse(settings.rate) if settings.rate else None
+        self.callers: dict[str, Caller] = {}
+        for client_ in [self.client, *self._fallback_clients(settings)]:
+            limiters = Limiters(run_rate, clock=clock, sleep=sleep)
+            self.callers[client_.endpoint_id] = Caller(
+                client_, limiters, max_retries=settings.max_retries, sleep=sleep,
+                on_retry=self._on_retry)
+        self.primary = self.client.endpoint_id
+        self.active = self.primary
         self.detector = StallDetector(settings.max_queue_time, clock)
-        self.poller = Poller(self.caller, self.detector, Timing(), max_wait=settings.max_wait,
+        self.poller = Poller(self.detector, Timing(), max_wait=settings.max_wait,
                              mode=settings.poll_mode, clock=clock, sleep=sleep)
         self.writer = ResultWriter(settings.out, self.client, output_key=settings.output_key,
                                    save_json=settings.save_json,
                                    download_max_bytes=settings.download_max_mb << 20)
+        alerter = Alerter(settings.alert_webhook, post_json, clock,
+                          on_error=self.tracker.error) if settings.alert_webhook else None
+        self.guards = Guards(GuardSettings(
+            alert_url=settings.alert_webhook, alert_queue_time=settings.alert_queue_time,
+            alert_process_time=settings.alert_process_time,
+            alert_failure_rate=settings.alert_failure_rate, cost_per_hour=settings.cost_per_hour,
+            budget=settings.budget,
+            halt=HaltRule.parse(settings.halt_on_fail) if settings.halt_on_fail else None,
+        ), alerter)
         self.journal: Journal | None = None
         self._lock = threading.Lock()
-        self._stop = threading.Event()  # first Ctrl-C: submit nothing new
+        self._stop = threading.Event()  # submit nothing new (Ctrl-C, halt, budget)
         self._halt = threading.Event()  # second Ctrl-C: cancel everything in flight
         self._done_health = threading.Event()
-        self._live: dict[str, tuple[str, str]] = {}  # job id -> (key, last status)
+        self.interrupted = False
+        self.stop_reason: str | None = None
+        self._live: dict[str, tuple[str, str, str]] = {}  # job id -> (key, status, endpoint)
+        self._migrate: set[str] = set()  # job ids to move to the fallback endpoint
         self._keys_in_run: dict[str, threading.Event] = {}
         self._seen_keys: set[str] = set()
         self.records: list[JobRecord] = []
         self.orphans = 0
         self.run_retries = 0
+        self.not_started = 0
+        self.failovers: list[dict[str, Any]] = []
+
+    def _fallback_clients(self, settings: BatchSettings) -> list[RunPodClient]:
+        fb = settings.fallback_endpoint
+        if not fb:
+            return []
+        if fb == settings.endpoint.endpoint_id:
+            raise UsageError("--fallback-endpoint is the same as the endpoint: name another one.")
+        ep = settings.endpoint
+        base = ep.base_url
+        if fb.startswith(("http://", "https://")):
+            # A full endpoint URL, e.g. another `rpq serve`: BASE/ID.
+            base, _, fb = fb.rstrip("/").rpartition("/")
+            base = check_base_url(base)
+        return [RunPodClient(base, fb, ep.api_key, pool_size=settings.concurrency + 8)]
 
     # -- entry points -----------------------------------------------------------------------
 
@@ -138,6 +188,9 @@ class Batch:
                     "warning: the endpoint has no idle or ready worker; expect a cold start "
                     "before the first results."
                 )
+        for name, caller in self.callers.items():
+            if name != self.primary:
+                caller.client.health()  # a bad fallback is better found now than mid-run
         self.tracker.health = health
         return health
 
@@ -159,7 +212,7 @@ class Batch:
                 if preview is None:
                     prepared = prepare(item, max_side=self.s.max_side, fmt=self.s.fmt)
                     preview = self.template.render_preview(prepared, policy=self.policy)
-                    info["request_bytes"] = len(self.template.render(prepared, policy=self.policy))
+                    info["request_bytes"] = self.template.body_size(prepared, policy=self.policy)
             except InputError as exc:
                 info["error"] = str(exc)
             images.append(info)
@@ -188,27 +241,38 @@ class Batch:
             self.reporter.stop()
             self.journal.close()
         summary = self._finish(started_wall)
-        return BatchResult(self.records, summary, interrupted=self._stop.is_set(),
-                           orphans=self.orphans, skipped=self.tracker.counts["skipped"])
+        return BatchResult(self.records, summary, interrupted=self.interrupted,
+                           stop_reason=self.stop_reason, orphans=self.orphans,
+                           skipped=self.tracker.counts["skipped"], not_started=self.not_started)
 
     def interrupt(self) -> int:
         """Ctrl-C: first stop submitting and cancel queued jobs; then cancel everything."""
-        level = 2 if self._stop.is_set() else 1
-        self._stop.set()
-        if level == 2:
-            self._halt.set()
+        self.interrupted = True
+        if not self._stop.is_set():
+            self._wind_down(None)
+            return 1
+        self._halt.set()
         with self._lock:
-            live = list(self._live.items())
-        targets = [(jid, key) for jid, (key, st) in live if level == 2 or st == "IN_QUEUE"]
-        if level == 1:
-            self.reporter.message("interrupted: submitting nothing new and cancelling queued "
-                                  "jobs; running ones may finish. Ctrl-C again cancels all.")
-        else:
-            self.reporter.message(f"interrupted again: cancelling all {len(targets)} job(s) "
-                                  "in flight.")
-        threading.Thread(target=self._cancel_all, args=(targets, level == 1),
-                         daemon=True).start()
-        return level
+            targets = [(jid, key, ep) for jid, (key, _, ep) in self._live.items()]
+        self.reporter.message(f"interrupted again: cancelling all {len(targets)} job(s) "
+                              "in flight.")
+        threading.Thread(target=self._cancel_all, args=(targets, False), daemon=True).start()
+        return 2
+
+    def _wind_down(self, reason: str | None) -> None:
+        """Submit nothing new and cancel what is still queued; running jobs may finish."""
+        with self._lock:
+            if self._stop.is_set():
+                return
+            self._stop.set()
+            self.stop_reason = reason
+            targets = [(jid, key, ep) for jid, (key, st, ep) in self._live.items()
+                       if st == "IN_QUEUE"]
+        why = reason or "interrupted"
+        extra = "" if reason else " Ctrl-C again cancels all."
+        self.reporter.message(f"{why}: submitting nothing new and cancelling queued jobs; "
+                              f"running ones may finish.{extra}")
+        threading.Thread(target=self._cancel_all, args=(targets, True), daemon=True).start()
 
     # -- dispatch ---------------------------------------------------------------------------
 
@@ -220,10 +284,10 @@ class Batch:
         slots = threading.BoundedSemaphore(self.s.concurrency * 2)
         pending: set[Future[None]] = set()
         with ThreadPoolExecutor(self.s.concurrency, thread_name_prefix="rpq-job") as pool:
-            def launch(fn: Callable[..., None], *args: Any) -> None:
+            def launch(fn: Callable[..., None], *args: Any) -> bool:
                 while not slots.acquire(timeout=0.2):
                     if self._stop.is_set():
-                        return
+                        return False
                 fut = pool.submit(fn, *args)
                 pending.add(fut)
 
@@ -232,11 +296,11 @@ class Batch:
                     pending.discard(f)
 
                 fut.add_done_callback(done)
+                return True
 
             for item in discover(self.s.root, self.s.include, self.s.exclude, self.s.recursive):
-                if self._stop.is_set():
+                if self._stop.is_set() or not launch(self._guard, self._one, item):
                     break
-                launch(self._guard, self._one, item)
             # Jobs the journal shows in flight whose file is gone from the folder.
             assert self.journal is not None
             for entry in self.journal.in_flight():
@@ -269,7 +333,6 @@ class Batch:
             self._record(None, self._bad_input(item.rel, f"unreadable: {exc.strerror}"))
             return
         key = job_key(digest, self.fingerprint)
-        assert self.journal is not None
         with self._lock:
             first = key not in self._keys_in_run
             if first:
@@ -297,11 +360,13 @@ class Batch:
             self.tracker.add("skipped")
             self._report(record, count=False)
             return
+        job = _Job(item.rel, key, entry.attempts if entry else 0)
         if entry is not None and entry.in_flight and entry.job_id:
             # The endpoint has this job already: poll it, never submit it again.
-            self._follow(item.rel, key, entry.job_id, entry.attempts or 1, None, resumed=True)
+            self._follow(job, entry.job_id, entry.endpoint or self.primary, None)
             return
         if self._stop.is_set():
+            self._not_started()
             return
         try:
             prepared = prepare(item, max_side=self.s.max_side, fmt=self.s.fmt)
@@ -316,143 +381,177 @@ class Batch:
                 item.rel, f"request is {mb:.1f} MB, over RunPod's 10 MB /run limit. "
                 "Pass --max-side 2048 (or smaller) or --format jpeg to shrink it."))
             return
-        attempts = (entry.attempts if entry else 0)
-        self._follow(item.rel, key, None, attempts, body)
+        self._follow(job, None, self.active, body)
 
-    def _follow(self, rel: str, key: str, job_id: str | None, attempts: int,
-                body: bytes | None, resumed: bool = False) -> None:
-        """Submit if needed, poll, resubmit a stalled job, and record how it ended."""
+    def _follow(self, job: _Job, job_id: str | None, endpoint: str, body: bytes | None) -> None:
+        """Submit if needed, poll, move or resubmit a stuck job, and record how it ended."""
         assert self.journal is not None
-        first_submit_wall = self.wall()
-        first_submit = self.clock()
-        submits_left = 1 + self.s.job_retries
-        cancels: list[str] = []
-        self.tracker.add("queued")
-        state = "queued"
+        submit_wall, submit_mono = self.wall(), self.clock()
+        resubmits_left = self.s.job_retries
+        self._move(job, "queued")
         try:
             while True:
                 if job_id is None:
                     if body is None or self._stop.is_set():
-                        self.tracker.move(state, None)
+                        self._not_started()
                         return
-                    attempts += 1
-                    submits_left -= 1
-                    self.journal.intent(key, rel, attempts)
-                    try:
-                        reply = self.caller.submit(body)
-                    except APIError as exc:
-                        self.journal.lost(key, "", "submit failed")
-                        self.tracker.move(state, None)
-                        state = ""
-                        self._record(key, self._failure(
-                            rel, None, attempts, "http_error",
-                            f"submit failed: {exc}" + (
-                                "" if is_transient(exc) else " (not retried: a 4xx is final)"),
-                            first_submit_wall, None))
+                    endpoint = self.active
+                    job_id = self._submit(job, body, endpoint, submit_wall)
+                    if job_id is None:
                         return
-                    job_id = str(reply["id"])
-                    self.journal.submitted(key, job_id, self.client.endpoint_id,
-                                           self.client.base_url)
-                    submitted_at = self.clock()
-                    first_submit_wall = self.wall()
-                else:
-                    submitted_at = self.clock()
-                seq = self.detector.next_seq()
-                with self._lock:
-                    self._live[job_id] = (key, "IN_QUEUE")
-                current = job_id
-
-                def on_status(status: str, jid: str = current) -> None:
-                    nonlocal state
-                    with self._lock:
-                        if jid in self._live:
-                            self._live[jid] = (self._live[jid][0], status)
-                    if status in ("IN_PROGRESS", "RUNNING") and state != "running":
-                        self.tracker.move(state, "running")
-                        state = "running"
-                    elif status == "IN_QUEUE" and state != "queued":
-                        self.tracker.move(state, "queued")
-                        state = "queued"
-
-                result = self.poller.wait(job_id, seq, submitted_at, on_status=on_status,
-                                          stop=self._halt.is_set)
-                with self._lock:
-                    self._live.pop(job_id, None)
-                if result.outcome == "stalled" and submits_left > 0 and body is not None \
-                        and not self._stop.is_set():
-                    self._cancel(key, job_id, f"stalled: {result.reason}")
-                    cancels.append(job_id)
-                    self.tracker.add("retried")
-                    self.tracker.error(f"{rel}: {result.reason}; cancelled and resubmitted")
+                    submit_wall, submit_mono = self.wall(), self.clock()
+                caller = self.callers.get(endpoint) or self.callers[self.primary]
+                result = self._wait(job, caller, job_id, endpoint)
+                moving = job_id in self._migrate
+                if result.outcome == "interrupted" and moving and body is not None:
+                    self._cancel(job.key, job_id, endpoint, f"moved to {self.active}")
+                    job.cancelled.append(job_id)
                     job_id = None
                     continue
+                if result.outcome == "stalled" and body is not None and not self._stop.is_set():
+                    self._fail_over(f"a job stalled on {endpoint}: {result.reason}")
+                    if resubmits_left > 0 or self.active != endpoint:
+                        if self.active == endpoint:
+                            resubmits_left -= 1
+                        self._cancel(job.key, job_id, endpoint, f"stalled: {result.reason}")
+                        job.cancelled.append(job_id)
+                        self.tracker.add("retried")
+                        self.tracker.error(f"{job.rel}: {result.reason}; cancelled and "
+                                           f"resubmitted to {self.active}")
+                        job_id = None
+                        continue
                 break
-            self.tracker.move(state, None)
-            state = ""
-            record = self._conclude(rel, key, job_id, attempts, result, first_submit_wall,
-                                    first_submit)
-            if cancels and record.error:
-                record.error += f" (earlier attempts cancelled: {', '.join(cancels)})"
-            self._record(key, record)
+            self._move(job, "")
+            record = self._conclude(job, job_id, endpoint, result, submit_wall, submit_mono)
+            if job.cancelled and record.error:
+                record.error += f" (earlier attempts cancelled: {', '.join(job.cancelled)})"
+            self._record(job.key, record)
         finally:
-            if state:
-                self.tracker.move(state, None)
+            self._move(job, "")
 
-    def _conclude(self, rel: str, key: str, job_id: str, attempts: int, result: PollResult,
+    def _submit(self, job: _Job, body: bytes, endpoint: str, submit_wall: float) -> str | None:
+        assert self.journal is not None
+        caller = self.callers[endpoint]
+        job.attempts += 1
+        self.journal.intent(job.key, job.rel, job.attempts)
+        try:
+            reply = caller.submit(body)
+        except APIError as exc:
+            self.journal.lost(job.key, "", "submit failed")
+            self._move(job, "")
+            final = "" if is_transient(exc) else " (not retried: a 4xx is final)"
+            self._record(job.key, JobRecord(
+                input=job.rel, status="FAILED", attempts=job.attempts, error_kind="http_error",
+                error=f"submit failed: {exc}{final}", submit_time=round(submit_wall, 3),
+                endpoint=endpoint, timestamp=now_iso(self.wall())))
+            return None
+        job_id = str(reply["id"])
+        self.journal.submitted(job.key, job_id, endpoint, caller.client.base_url)
+        return job_id
+
+    def _wait(self, job: _Job, caller: Caller, job_id: str, endpoint: str) -> PollResult:
+        seq = self.detector.next_seq()
+        with self._lock:
+            self._live[job_id] = (job.key, "IN_QUEUE", endpoint)
+
+        def on_status(status: str) -> None:
+            with self._lock:
+                if job_id in self._live:
+                    self._live[job_id] = (job.key, status, endpoint)
+            if status in STARTED:
+                self._move(job, "running")
+            elif status == "IN_QUEUE":
+                self._move(job, "queued")
+
+        def stop() -> bool:
+            return self._halt.is_set() or job_id in self._migrate
+
+        try:
+            return self.poller.wait(caller, job_id, seq, self.clock(), on_status=on_status,
+                                    stop=stop)
+        finally:
+            with self._lock:
+                self._live.pop(job_id, None)
+
+    def _conclude(self, job: _Job, job_id: str, endpoint: str, result: PollResult,
                   submit_wall: float, submit_mono: float) -> JobRecord:
         body = result.body or {}
         total = self.clock() - submit_mono
         worker = body.get("workerId")
         queue = _ms(body.get("delayTime"))
-        process = _ms(body.get("executionTime"))
         if queue is None and result.started_at is not None:
-            queue = result.started_at - submit_mono
-        base = dict(input=rel, job_id=job_id, submit_time=round(submit_wall, 3),
-                    queue_time=queue, process_time=process, total_time=round(total, 3),
-                    attempts=attempts, worker_id=worker if isinstance(worker, str) else None,
-                    endpoint=self.client.endpoint_id, timestamp=now_iso(self.wall()))
+            queue = round(result.started_at - submit_mono, 3)
+        base: dict[str, Any] = dict(
+            input=job.rel, job_id=job_id, submit_time=round(submit_wall, 3), queue_time=queue,
+            process_time=_ms(body.get("executionTime")), total_time=round(total, 3),
+            attempts=job.attempts, worker_id=worker if isinstance(worker, str) else None,
+            endpoint=endpoint, timestamp=now_iso(self.wall()))
+        if result.outcome in ("stalled", "max_wait", "interrupted"):
+            answer = self._cancel(job.key, job_id, endpoint, result.reason)
+            kind = {"stalled": "stalled", "max_wait": "timed_out",
+                    "interrupted": "cancelled"}[result.outcome]
+            status = "TIMED_OUT" if result.outcome == "max_wait" else "CANCELLED"
+            return JobRecord(status=status, error=f"{result.reason}; cancel: {answer}",
+                             error_kind=kind, **base)
+        if result.outcome == "expired":
+            assert self.journal is not None
+            self.journal.lost(job.key, job_id, "expired")
+            return JobRecord(status="FAILED", error=result.reason, error_kind="expired", **base)
         if result.outcome != "terminal":
-            if result.outcome in ("stalled", "max_wait", "interrupted"):
-                answer = self._cancel(key, job_id, result.reason)
-                kind = {"stalled": "stalled", "max_wait": "timed_out",
-                        "interrupted": "cancelled"}[result.outcome]
-                status = "CANCELLED" if result.outcome != "max_wait" else "TIMED_OUT"
-                return JobRecord(status=status, error=f"{result.reason}; cancel: {answer}",
-                                 error_kind=kind, **base)  # type: ignore[arg-type]
-            if result.outcome == "expired":
-                assert self.journal is not None
-                self.journal.lost(key, job_id, "expired")
-                return JobRecord(status="FAILED", error=result.reason, error_kind="expired",
-                                 **base)  # type: ignore[arg-type]
             return JobRecord(status="FAILED", error=result.reason, error_kind="http_error",
-                             **base)  # type: ignore[arg-type]
+                             **base)
         status = str(body.get("status"))
         if status == "COMPLETED":
             try:
-                outputs = self.writer.write(rel, body)
+                outputs = self.writer.write(job.rel, body)
             except OutputError as exc:
                 return JobRecord(status="FAILED", error=f"completed without a usable image: {exc}",
-                                 error_kind="no_output", **base)  # type: ignore[arg-type]
+                                 error_kind="no_output", **base)
             except (APIError, OSError) as exc:
                 text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 return JobRecord(status="FAILED", error=f"could not save the result: {text}",
-                                 error_kind="no_output", **base)  # type: ignore[arg-type]
-            return JobRecord(status="COMPLETED", outputs=outputs, **base)  # type: ignore[arg-type]
+                                 error_kind="no_output", **base)
+            return JobRecord(status="COMPLETED", outputs=outputs, **base)
         if status == "FAILED":
             return JobRecord(status="FAILED", error=decode_worker_error(body.get("error")),
-                             error_kind="worker_error", **base)  # type: ignore[arg-type]
+                             error_kind="worker_error", **base)
         if status == "TIMED_OUT":
             return JobRecord(status="TIMED_OUT", error="the endpoint timed the job out "
-                             "(executionTimeout or ttl)", error_kind="timed_out",
-                             **base)  # type: ignore[arg-type]
-        return JobRecord(status="CANCELLED", error="cancelled", error_kind="cancelled",
-                         **base)  # type: ignore[arg-type]
+                             "(executionTimeout or ttl)", error_kind="timed_out", **base)
+        return JobRecord(status="CANCELLED", error="cancelled", error_kind="cancelled", **base)
+
+    # -- failover ---------------------------------------------------------------------------
+
+    def _fail_over(self, reason: str) -> None:
+        """Switch new work to the fallback endpoint; move jobs still queued on the primary."""
+        fallback = next((name for name in self.callers if name != self.primary), None)
+        with self._lock:
+            if fallback is None or self.active == fallback:
+                return
+            self.active = fallback
+            queued = [jid for jid, (_, st, ep) in self._live.items()
+                      if ep == self.primary and st == "IN_QUEUE"]
+            self.failovers.append({"from": self.primary, "to": fallback, "reason": reason,
+                                   "at": now_iso(self.wall()), "moved": len(queued)})
+            self._migrate.update(queued)
+        self.reporter.message(f"failing over to {fallback}: {reason}; moving {len(queued)} "
+                              "queued job(s)")
 
     # -- helpers ----------------------------------------------------------------------------
 
+    def _move(self, job: _Job, state: str) -> None:
+        if job.state != state:
+            self.tracker.move(job.state or None, state or None)
+            job.state = state
+
+    def _not_started(self) -> None:
+        with self._lock:
+            self.not_started += 1
+
     def _resume_orphan(self, entry: Entry) -> None:
         assert entry.job_id is not None
-        self._follow(entry.rel, entry.key, entry.job_id, entry.attempts or 1, None, resumed=True)
+        job = _Job(entry.rel, entry.key, entry.attempts or 1)
+        self._follow(job, entry.job_id, entry.endpoint or self.primary, None)
 
     def _outputs_exist(self, entry: Entry) -> bool:
         outputs = (entry.record or {}).get("outputs") or []
@@ -476,9 +575,10 @@ class Batch:
         self.tracker.add("skipped")
         self._report(record, count=False)
 
-    def _cancel(self, key: str, job_id: str, reason: str) -> str:
+    def _cancel(self, key: str, job_id: str, endpoint: str, reason: str) -> str:
+        caller = self.callers.get(endpoint) or self.callers[self.primary]
         try:
-            answer: Any = self.caller.cancel(job_id)
+            answer: Any = caller.cancel(job_id)
             text = str(answer.get("status", answer)) if isinstance(answer, dict) else str(answer)
         except APIError as exc:
             answer, text = {"error": str(exc)}, f"failed ({exc})"
@@ -486,28 +586,22 @@ class Batch:
             self.journal.cancelled(key, job_id, answer, reason)
         return text
 
-    def _cancel_all(self, targets: list[tuple[str, str]], queued_only: bool) -> None:
-        for job_id, key in targets:
+    def _cancel_all(self, targets: list[tuple[str, str, str]], queued_only: bool) -> None:
+        for job_id, key, endpoint in targets:
             if queued_only:
                 # Our last view may be a long poll old: ask before cancelling a running job.
+                caller = self.callers.get(endpoint) or self.callers[self.primary]
                 try:
-                    body = self.caller.call("status", partial(self.client.status, job_id))
+                    body = caller.call("status", partial(caller.client.status, job_id))
                 except APIError:
                     continue
                 if body.get("status") != "IN_QUEUE":
                     continue
-            self._cancel(key, job_id, "interrupted")
+            self._cancel(key, job_id, endpoint, self.stop_reason or "interrupted")
 
     def _bad_input(self, rel: str, reason: str) -> JobRecord:
         return JobRecord(input=rel, status="FAILED", error=reason, error_kind="bad_input",
                          attempts=0, timestamp=now_iso(self.wall()))
-
-    def _failure(self, rel: str, job_id: str | None, attempts: int, kind: str, error: str,
-                 submit_wall: float, total: float | None) -> JobRecord:
-        return JobRecord(input=rel, status="FAILED", job_id=job_id, attempts=attempts,
-                         error=error, error_kind=kind, submit_time=round(submit_wall, 3),
-                         total_time=total, endpoint=self.client.endpoint_id,
-                         timestamp=now_iso(self.wall()))
 
     def _record(self, key: str | None, record: JobRecord) -> None:
         if key is not None and self.journal is not None:
@@ -519,6 +613,10 @@ class Batch:
         self.tracker.add("done" if record.status == "COMPLETED" else
                          "cancelled" if record.status == "CANCELLED" else "failed")
         self._report(record)
+        reason = self.guards.observe(record)
+        self.tracker.spend = self.guards.spend
+        if reason:
+            self._wind_down(reason)
 
     def _report(self, record: JobRecord, count: bool = True) -> None:
         with self._lock:
@@ -533,25 +631,42 @@ class Batch:
                 self.run_retries += 1
 
     def _watch_health(self) -> None:
+        caller = self.callers[self.primary]
         while not self._done_health.wait(HEALTH_EVERY):
             with contextlib.suppress(RpqError):
-                self.tracker.health = self.caller.call("health", self.client.health, attempts=1)
+                health = caller.call("health", caller.client.health, attempts=1)
+                self.tracker.health = health
+                diagnosis = diagnose(health)
+                w = diagnosis.workers
+                if len(self.callers) > 1 and (w["unhealthy"] or w["throttled"]) and \
+                        not (w["idle"] + w["ready"] + w["running"]) and diagnosis.jobs["inQueue"]:
+                    self._fail_over("the endpoint has no working worker: "
+                                    + diagnosis.findings[0])
 
     def _finish(self, started_wall: float) -> dict[str, Any]:
         stats = summarize(self.records)
+        requests: dict[str, dict[str, int]] = {
+            name: dict(c.client.requests_sent) for name, c in self.callers.items()}
         run = {
             "rpq_version": __version__,
             "start": now_iso(started_wall),
             "end": now_iso(self.wall()),
-            "endpoint": self.client.endpoint_id,
+            "endpoint": self.primary,
             "base_url": self.s.endpoint.base_url or "(built-in local endpoint)",
-            "interrupted": self._stop.is_set(),
+            "interrupted": self.interrupted,
+            "stop_reason": self.stop_reason,
+            "not_started": self.not_started,
             "orphaned_submits": self.orphans,
             "run_request_retries": self.run_retries,
-            "requests": dict(self.client.requests_sent),
+            "requests": requests[self.primary] if len(requests) == 1 else requests,
+            "failovers": self.failovers,
+            "estimated_cost": None if self.guards.spend is None else round(self.guards.spend, 6),
             "settings": self.s.public(),
         }
         write_metrics(self.s.metrics_path, self.records, run)
+        self.guards.summary(stats, self.interrupted, self.stop_reason)
+        if self.guards.alerter is not None:
+            self.guards.alerter.close()
         return {"stats": stats, "run": run, "metrics": str(self.s.metrics_path),
                 "out": str(self.s.out)}
 
@@ -562,4 +677,4 @@ def _ms(value: object) -> float | None:
     return None
 
 
-__all__ = ["TERMINAL", "Batch", "BatchResult"]
+__all__ = ["Batch", "BatchResult"]

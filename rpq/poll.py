@@ -97,7 +97,6 @@ class Poller:
 
     def __init__(
         self,
-        caller: Caller,
         detector: StallDetector,
         timing: Timing,
         *,
@@ -106,7 +105,6 @@ class Poller:
         clock: Clock = time.monotonic,
         sleep: Sleep = time.sleep,
     ) -> None:
-        self.caller = caller
         self.detector = detector
         self.timing = timing
         self.max_wait = max_wait
@@ -128,6 +126,7 @@ class Poller:
 
     def wait(
         self,
+        caller: Caller,
         job_id: str,
         seq: int,
         submitted_at: float,
@@ -135,7 +134,7 @@ class Poller:
         on_status: Callable[[str], None] | None = None,
         stop: Callable[[], bool] | None = None,
     ) -> PollResult:
-        client = self.caller.client
+        client = caller.client
         queued_since = submitted_at
         started_at: float | None = None
         last: dict[str, Any] | None = None
@@ -160,14 +159,14 @@ class Poller:
             asked = self._clock()
             wait_ms = int(wait_s * 1000) if long_poll else None
             try:
-                body = self.caller.call(
+                body = caller.call(
                     "status-sync" if long_poll else "status",
                     lambda: client.status(job_id, wait_ms),  # noqa: B023 - called at once
                     attempts=1,
                 )
             except APIError as exc:
                 if exc.status == 404:
-                    if long_poll and self._sync_route_missing(job_id):
+                    if long_poll and self._sync_route_missing(caller, job_id):
                         continue
                     return PollResult("expired", last, "the endpoint no longer knows the job "
                                       "(404: its ttl or result retention expired)", started_at)
@@ -215,10 +214,10 @@ class Poller:
                 self._fall_back()
         return min(1.0, wait_s)
 
-    def _sync_route_missing(self, job_id: str) -> bool:
+    def _sync_route_missing(self, caller: Caller, job_id: str) -> bool:
         """status-sync said 404: if /status knows the job, the route is what is missing."""
         try:
-            self.caller.call("status", lambda: self.caller.client.status(job_id), attempts=2)
+            caller.call("status", lambda: caller.client.status(job_id), attempts=2)
         except APIError:
             return False
         self._fall_back()

@@ -144,6 +144,14 @@ class BatchSettings:
     progress: str = "auto"  # auto | live | plain | none
     poll_mode: str = "auto"  # auto | sync | status
     download_max_mb: int = 100
+    fallback_endpoint: str | None = None
+    alert_webhook: str | None = None
+    alert_queue_time: float = 60.0
+    alert_process_time: float = 120.0
+    alert_failure_rate: float = 20.0
+    cost_per_hour: float | None = None
+    budget: float | None = None
+    halt_on_fail: str | None = None
 
     @property
     def metrics_path(self) -> Path:
@@ -173,4 +181,9 @@ class BatchSettings:
             "job_retries": self.job_retries,
             "max_wait": self.max_wait,
             "output_key": self.output_key,
+            "fallback_endpoint": self.fallback_endpoint,
+            "alert_webhook": bool(self.alert_webhook),
+            "cost_per_hour": self.cost_per_hour,
+            "budget": self.budget,
+            "halt_on_fail": self.halt_on_fail,
         }

@@ -76,6 +76,29 @@ def batch(
                     "or status (adaptive /status polls).")] = "auto",
     local_workers: Annotated[int, typer.Option("--local-workers", min=1,
                              help="Workers of the built-in local endpoint.")] = 2,
+    fallback_endpoint: Annotated[str | None, typer.Option(
+        "--fallback-endpoint", help="Endpoint id (same base URL and key) or full endpoint URL "
+        "to move queued jobs to when the endpoint is unhealthy or stalls.")] = None,
+    alert_webhook: Annotated[str | None, typer.Option(
+        "--alert-webhook", help="POST alerts and the final summary here (Slack/Discord "
+        "compatible JSON).")] = None,
+    alert_queue_time: Annotated[float, typer.Option(
+        "--alert-queue-time", min=0, help="Alert when a job waits longer in the queue (s).")
+    ] = 60.0,
+    alert_process_time: Annotated[float, typer.Option(
+        "--alert-process-time", min=0, help="Alert when a job runs longer (s).")] = 120.0,
+    alert_failure_rate: Annotated[float, typer.Option(
+        "--alert-failure-rate", min=0, max=100,
+        help="Alert when this % of finished jobs failed.")] = 20.0,
+    cost_per_hour: Annotated[float | None, typer.Option(
+        "--cost-per-hour", min=0, help="Worker price in USD per hour, for the live spend.")
+    ] = None,
+    budget: Annotated[float | None, typer.Option(
+        "--budget", min=0, help="Stop submitting when the estimated spend reaches USD "
+        "(needs --cost-per-hour).")] = None,
+    halt_on_fail: Annotated[str | None, typer.Option(
+        "--halt-on-fail", help="Stop submitting when this many (e.g. 5) or this share "
+        "(e.g. 20%) of finished jobs failed.")] = None,
 ) -> None:
     """Process every image in FOLDER through the endpoint and write the results."""
     from rpq.errors import ExitCode, UsageError
@@ -85,6 +108,8 @@ def batch(
         raise UsageError(f"--format {fmt!r}: use png, jpeg or webp.")
     if poll not in ("auto", "sync", "status"):
         raise UsageError(f"--poll {poll!r}: use auto, sync or status.")
+    if budget is not None and cost_per_hour is None:
+        raise UsageError("--budget needs --cost-per-hour to estimate the spend.")
     if not folder.is_dir():
         raise UsageError(f"{folder} is not a folder. Pass the folder that holds your images.")
     ep = resolve_endpoint(endpoint, api_key, base_url)
@@ -99,6 +124,10 @@ def batch(
         output_key=output_key, save_json=save_json, retry_failed=retry_failed, fresh=fresh,
         metrics=metrics, json_summary=json_out, dry_run=dry_run,
         progress="plain" if no_progress else "auto", poll_mode=poll,
+        fallback_endpoint=fallback_endpoint, alert_webhook=alert_webhook,
+        alert_queue_time=alert_queue_time, alert_process_time=alert_process_time,
+        alert_failure_rate=alert_failure_rate, cost_per_hour=cost_per_hour, budget=budget,
+        halt_on_fail=halt_on_fail,
     )
     if not ep.local:
         raise typer.Exit(run_batch(settings))
@@ -154,7 +183,7 @@ def run_batch(settings: Any) -> int:
     _print_summary(result, settings)
     if result.interrupted:
         return ExitCode.INTERRUPTED
-    return ExitCode.FAILED if result.failed else ExitCode.OK
+    return ExitCode.FAILED if result.failed or result.stop_reason else ExitCode.OK
 
 
 def _is_main_thread() -> bool:
@@ -186,8 +215,14 @@ def _print_summary(result: Any, settings: Any) -> None:
     if result.orphans:
         lines.append(f"note: {result.orphans} submit(s) of an earlier run were cut off before the "
                      "endpoint answered; those images were sent again.")
-    if result.interrupted:
+    if result.stop_reason:
+        lines.append(f"stopped early, {result.stop_reason}; {result.not_started} image(s) not "
+                     "sent. Rerun the same command to continue.")
+    elif result.interrupted:
         lines.append("interrupted: rerun the same command to finish; "
                      "`rpq cancel --journal OUT` stops anything left running.")
+    spend = result.summary["run"].get("estimated_cost")
+    if spend is not None:
+        lines.append(f"estimated spend ${spend:.4f} (execution time x --cost-per-hour)")
     for line in lines:
         print(line, file=sys.stderr)
