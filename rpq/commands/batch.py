@@ -55,7 +55,7 @@ def batch(
     max_wait: Annotated[float, typer.Option("--max-wait", min=1,
                         help="Seconds one job may take in all; then cancel and fail.")] = 600.0,
     output_key: Annotated[str | None, typer.Option(
-        "--output-key", help="Dotted path of the image in the output, e.g. output.images.0.data.")
+        "--output-key", help="Dotted path of the image inside the output, e.g. images.0.data.")
     ] = None,
     save_json: Annotated[bool, typer.Option("--save-json",
                          help="Also write each job's JSON next to its image.")] = False,
