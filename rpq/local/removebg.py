@@ -22,6 +22,15 @@ _RUN = re.compile(rb"\xff+")
 # Natural log scaled so 0..255 maps onto 0..255: differences of logs are brightness ratios.
 _LOG_SCALE = 255 / math.log(256)
 _LOG = [min(255, round(_LOG_SCALE * math.log(v + 1))) for v in range(256)]
+# Edge alpha from a log-ratio (128 = distance equals the local peak): a linear ramp from a
+# quarter of the peak (transparent) to three quarters (opaque).
+_RATIO_TO_ALPHA = [
+    max(0, min(255, round((math.exp((v - 128) / _LOG_SCALE) - 0.25) * 2 * 255)))
+    for v in range(256)
+]
+# Smallest local subject/background contrast (0..255) worth matting an edge from.
+MIN_PEAK = 24
+STRIP_SAMPLES = 128
 
 
 def upright(image: Image.Image) -> Image.Image:
@@ -54,10 +63,12 @@ def remove_background(image: Image.Image) -> Image.Image:
     if scale < 1.0:
         size = (max(MIN_SIDE, round(w * scale)), max(MIN_SIDE, round(h * scale)))
         work = rgb.resize(size, Image.Resampling.BOX)
-    mask = foreground_mask(work)
+    mask, model = _cut(work)
     if mask is None:
         return _join(rgb, alpha)
     soft = _feather(mask, (w, h))
+    if model is not None:
+        soft = _matte_edge(rgb, work, soft, mask, model)
     return _join(rgb, soft if alpha is None else ImageChops.darker(soft, alpha))
 
 
@@ -113,6 +124,35 @@ def _border_colour(rgb: Image.Image, alpha: Image.Image) -> tuple[int, int, int]
         return (128, 128, 128)
     r, g, b = (_percentile(ch.histogram(mask=band), 0.5) for ch in rgb.split())
     return (r, g, b)
+
+
+# ---------------------------------------------------------------- morphology
+
+
+def _shift(img: Image.Image, dx: int, dy: int) -> Image.Image:
+    """`img` moved by (dx, dy), uncovered pixels 0."""
+    return img.crop((-dx, -dy, img.width - dx, img.height - dy))
+
+
+def _max(img: Image.Image, size: int) -> Image.Image:
+    """Square max filter of an L image, as two 1-D passes of shifted copies.
+
+    Much faster than ImageFilter.MaxFilter, whose rank filter sorts every window.
+    Pixels beyond the border count as 0.
+    """
+    r = size // 2
+    out = img
+    for d in range(1, r + 1):
+        out = ImageChops.lighter(out, ImageChops.lighter(_shift(img, d, 0), _shift(img, -d, 0)))
+    rows = out
+    for d in range(1, r + 1):
+        out = ImageChops.lighter(out, ImageChops.lighter(_shift(rows, 0, d), _shift(rows, 0, -d)))
+    return out
+
+
+def _min(img: Image.Image, size: int) -> Image.Image:
+    """Square min filter of an L image; pixels beyond the border count as 255."""
+    return ImageChops.invert(_max(ImageChops.invert(img), size))
 
 
 # ---------------------------------------------------------------- statistics
@@ -179,12 +219,13 @@ def _smooth_strip(pixels: list[tuple[int, int, int]]) -> list[tuple[int, int, in
 def _strip(img: Image.Image, box: tuple[int, int, int, int], length: int,
            vertical: bool) -> Image.Image:
     """Border band `box` averaged across its thickness, median-smoothed along its length."""
-    size = (1, length) if vertical else (length, 1)
+    # A smooth background needs few samples; the median is the slow part.
+    n = min(length, STRIP_SAMPLES)
+    size = (1, n) if vertical else (n, 1)
     line = img.crop(box).resize(size, Image.Resampling.BOX)
-    smooth = _smooth_strip(_rgb_pixels(line))
     out = Image.new("RGB", size)
-    out.putdata(smooth)
-    return out
+    out.putdata(_smooth_strip(_rgb_pixels(line)))
+    return out.resize((1, length) if vertical else (length, 1), Image.Resampling.BILINEAR)
 
 
 def _signed_add(a: Image.Image, b: Image.Image, c: Image.Image) -> Image.Image:
@@ -246,8 +287,7 @@ def _shadow_like(img: Image.Image, model: Image.Image, smooth_only: bool) -> Ima
     if smooth_only:
         # Extra smoothing keeps sensor noise from reading as edges inside the shadow.
         luma = img.convert("L").filter(ImageFilter.GaussianBlur(1))
-        edge = ImageChops.subtract(luma.filter(ImageFilter.MaxFilter(3)),
-                                   luma.filter(ImageFilter.MinFilter(3)))
+        edge = ImageChops.subtract(_max(luma, 3), _min(luma, 3))
         out = ImageChops.multiply(out, edge.point(lambda v: 255 if v <= EDGE else 0))
     # Majority vote: isolated misses inside a shadow would otherwise stay as specks.
     out = out.filter(ImageFilter.BoxBlur(1)).point(lambda v: 255 if v >= 128 else 0)
@@ -358,8 +398,8 @@ def _binary(img: Image.Image, threshold: int) -> Image.Image:
 
 def _open_close(mask: Image.Image) -> Image.Image:
     """Drop 1-px specks, then bridge 1-px gaps in outlines."""
-    m = mask.filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3))
-    return m.filter(ImageFilter.MaxFilter(3)).filter(ImageFilter.MinFilter(3))
+    m = _max(_min(mask, 3), 3)
+    return _min(_max(m, 3), 3)
 
 
 def _dilate(mask: Image.Image, radius: float) -> Image.Image:
@@ -425,11 +465,11 @@ def _outside(fg: Image.Image) -> Image.Image:
     along a can) must not connect the inside of a subject to the outside.
     """
     bg = ImageChops.invert(fg)
-    core = bg.filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3))
+    core = _max(_min(bg, 3), 3)
     comps = _Components(core)
     reach = comps.render({lab for lab, edge in comps.touches_border.items() if edge})
     # The opening shaved the outline by a pixel; give that back.
-    return ImageChops.multiply(bg, reach.filter(ImageFilter.MaxFilter(3)))
+    return ImageChops.multiply(bg, _max(reach, 3))
 
 
 def _segment(img: Image.Image, smooth: Image.Image, model: Image.Image, known: Image.Image,
@@ -454,8 +494,8 @@ def _segment(img: Image.Image, smooth: Image.Image, model: Image.Image, known: I
         # The edge is placed where the contrast reaches half its local peak, as on an
         # anti-aliased edge; this also trims what is left of a shadow at the outline.
         # Only the outer outline: trimming around inner details would widen them into gaps.
-        rim = ImageChops.multiply(fg, _outside(fg).filter(ImageFilter.MaxFilter(RIM)))
-        half_peak = dist.filter(ImageFilter.MaxFilter(RIM)).point(lambda v: v // 2)
+        rim = ImageChops.multiply(fg, _max(_outside(fg), RIM))
+        half_peak = _max(dist, RIM).point(lambda v: v // 2)
         faint = ImageChops.subtract(half_peak, dist).point(lambda v: 255 if v > 0 else 0)
         fg = ImageChops.subtract(fg, ImageChops.multiply(rim, faint))
         strict_bg = dist.point(lambda v: 255 if v <= noise + 2 else 0)
@@ -480,6 +520,7 @@ def _segment(img: Image.Image, smooth: Image.Image, model: Image.Image, known: I
         vote = evidence.filter(ImageFilter.BoxBlur(2))
         fg = _open_close(vote.point(lambda v: 255 if v >= 128 else 0))
         strict_bg = vote.point(lambda v: 255 if v < 25 else 0)
+        faint = None
     if fg.getbbox() is None:
         return None
 
@@ -501,7 +542,11 @@ def _segment(img: Image.Image, smooth: Image.Image, model: Image.Image, known: I
     near = holes.count_in(near_outside)
     see_through = {lab for lab, a in holes.area.items()
                    if a >= 0.002 * area and strict[lab] >= 0.85 * a and near[lab] <= 0.02 * a}
-    fg = ImageChops.invert(ImageChops.lighter(outside, holes.render(see_through)))
+    see = holes.render(see_through)
+    fg = ImageChops.invert(ImageChops.lighter(outside, see))
+    if faint is not None and see_through:
+        rim = ImageChops.multiply(fg, _max(see, RIM))
+        fg = ImageChops.subtract(fg, ImageChops.multiply(rim, faint))
 
     fg_area = fg.histogram()[255]
     if fg_area < 0.001 * area or fg_area > 0.98 * area:
@@ -510,7 +555,12 @@ def _segment(img: Image.Image, smooth: Image.Image, model: Image.Image, known: I
 
 
 def foreground_mask(img: Image.Image) -> Image.Image | None:
-    """Binary (0/255) subject mask of an RGB image, or None when there is no clear subject.
+    """Binary (0/255) subject mask of an RGB image, or None when there is no clear subject."""
+    return _cut(img)[0]
+
+
+def _cut(img: Image.Image) -> tuple[Image.Image | None, Image.Image | None]:
+    """Subject mask and, for plain or gradient backgrounds, the background model.
 
     A first pass models the background from the image border only; a second pass re-models
     it from every pixel the first pass called background (well clear of the subject), which
@@ -527,26 +577,67 @@ def foreground_mask(img: Image.Image) -> Image.Image | None:
     blurred_model = background_model(blurred, bandw) if blurred is not None else None
     first = _segment(img, smooth, model, band, textured, blurred, blurred_model, False)
     if first is None:
-        return None
+        return None, None
 
-    known = ImageChops.invert(_dilate(first, 0.04 * min(w, h)))
-    if known.histogram()[255] < 0.1 * w * h:
-        return first
+    # Close the first silhouette generously before growing it: a part of the subject the
+    # first pass missed (the middle of a pot on wood) must not teach the model its colours.
+    reach = 0.08 * min(w, h) if textured else 0.02 * min(w, h)
+    closed = ImageChops.invert(_dilate(ImageChops.invert(_dilate(first, reach)), reach))
+    known = ImageChops.invert(_dilate(closed, 0.04 * min(w, h)))
     cell = max(4, round(max(w, h) / 40))
-    model2 = filled_model(smooth, known, cell)
-    blurred_model2 = filled_model(blurred, known, cell) if blurred is not None else None
+    model2 = filled_model(smooth, known, cell) if known.histogram()[255] >= 0.1 * w * h else None
     if model2 is None:
-        return first
+        return first, None if textured else model
+    blurred_model2 = filled_model(blurred, known, cell) if blurred is not None else None
     second = _segment(img, smooth, model2, known, textured, blurred, blurred_model2, True)
-    return second if second is not None else first
+    if second is None:
+        return first, None if textured else model
+    return second, None if textured else model2
+
+
+def _matte_edge(rgb: Image.Image, work: Image.Image, soft: Image.Image, mask: Image.Image,
+                model: Image.Image) -> Image.Image:
+    """Re-derive alpha along the outline at full resolution from colour contrast.
+
+    On a plain background an edge pixel mixing subject and background has a colour distance
+    from the background proportional to its coverage, so alpha follows distance / local peak
+    (with the bottom quarter cut, which also drops the faint shadow along the outline). This
+    restores crisp anti-aliased edges that the work-size mask alone would blur when upscaled.
+    """
+    work_peak = _max(_distance(work.filter(ImageFilter.GaussianBlur(1)), model), 5)
+    band = ImageChops.subtract(_max(mask, 3), _min(mask, 3))
+    # Where the subject barely differs from the background the ratio is mostly noise.
+    band = ImageChops.multiply(band, work_peak.point(lambda v: 255 if v >= MIN_PEAK else 0))
+    bbox = band.getbbox()
+    if bbox is None:
+        return soft
+    # Only the outline's bounding box is worked on at full resolution; `box` makes each
+    # work-size map resample exactly as a full-size resize followed by a crop would.
+    sx, sy = rgb.width / work.width, rgb.height / work.height
+    x0, y0 = max(0, math.floor((bbox[0] - 1) * sx)), max(0, math.floor((bbox[1] - 1) * sy))
+    x1 = min(rgb.width, math.ceil((bbox[2] + 1) * sx))
+    y1 = min(rgb.height, math.ceil((bbox[3] + 1) * sy))
+    box = (x0, y0, x1, y1)
+    src = (x0 / sx, y0 / sy, x1 / sx, y1 / sy)
+    size = (x1 - x0, y1 - y0)
+    full = rgb.crop(box).filter(ImageFilter.GaussianBlur(0.6))
+    full_model = model.resize(size, Image.Resampling.BICUBIC, box=src)
+    dist = _distance(full, full_model)
+    # A soft-edged band, so the switch between the two alphas leaves no steps.
+    band = band.resize(size, Image.Resampling.BILINEAR, box=src).point(lambda v: min(255, 2 * v))
+    peak = work_peak.resize(size, Image.Resampling.BILINEAR, box=src)
+    ratio = ImageChops.subtract(dist.point(_LOG), peak.point(_LOG), 1.0, 128)
+    ramp = ImageChops.subtract(ratio.point(_RATIO_TO_ALPHA),
+                               _shadow_like(full, full_model, smooth_only=False))
+    out = soft.copy()
+    out.paste(Image.composite(ramp, soft.crop(box), band), box[:2])
+    return out
 
 
 def _feather(mask: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """Upscale a binary work-size mask to `size` with a soft edge about 1.5 px wide."""
-    factor = size[0] / mask.width
-    soft = mask.filter(ImageFilter.GaussianBlur(0.6))
+    """Upscale a binary work-size mask to `size` with a soft edge."""
+    soft = mask.filter(ImageFilter.GaussianBlur(0.6 if mask.size == size else 1.0))
     if soft.size != size:
         soft = soft.resize(size, Image.Resampling.BICUBIC)
-        soft = soft.filter(ImageFilter.GaussianBlur(0.5 * factor))
-    # Steepen the ramp so the feather stays narrow after the blur.
+    # Steepen the ramp so the feather stays narrow.
     return soft.point(lambda v: max(0, min(255, (v - 128) * 2 + 128)))
