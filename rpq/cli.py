@@ -35,6 +35,7 @@ app = typer.Typer(
     help="Push folders of images through RunPod Serverless queue endpoints, reliably and fast.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     add_completion=False,
 )
 
