@@ -12,9 +12,10 @@ from PIL import Image, ImageChops, ImageFilter, ImageOps
 WORK_SIDE = 640
 # Below this short side there is no border to learn a background from.
 MIN_SIDE = 8
-# Border roughness (95th percentile of the colour distance on the border, 0..255) above
-# which the background is treated as a texture rather than a plain colour or gradient.
-TEXTURE_LEVEL = 9
+# Median fine-detail level of the border (0..255) above which the background is treated as
+# a texture rather than a plain colour or gradient; sensor noise on plain studio shots is
+# about 1-3.
+TEXTURE_LEVEL = 4
 
 RIM = 7
 EDGE = 12
@@ -216,6 +217,62 @@ def _smooth_strip(pixels: list[tuple[int, int, int]]) -> list[tuple[int, int, in
     return out  # type: ignore[return-value]
 
 
+def _fit_quadratic(ts: list[float], ys: list[int], keep: list[int]) -> tuple[float, float, float]:
+    """Least-squares y = a + b t + c t^2 over the `keep` indices (a constant if too few)."""
+    m = [[0.0] * 4 for _ in range(3)]  # augmented normal equations
+    for i in keep:
+        t = ts[i]
+        basis = (1.0, t, t * t)
+        for r in range(3):
+            for c in range(3):
+                m[r][c] += basis[r] * basis[c]
+            m[r][3] += basis[r] * ys[i]
+    for col in range(3):  # Gauss-Jordan with partial pivoting
+        pivot = max(range(col, 3), key=lambda r: abs(m[r][col]))
+        if abs(m[pivot][col]) < 1e-9:
+            mean = sum(ys[i] for i in keep) / len(keep) if keep else 0.0
+            return (mean, 0.0, 0.0)
+        m[col], m[pivot] = m[pivot], m[col]
+        for r in range(3):
+            if r != col:
+                f = m[r][col] / m[col][col]
+                for c in range(col, 4):
+                    m[r][c] -= f * m[col][c]
+    return (m[0][3] / m[0][0], m[1][3] / m[1][1], m[2][3] / m[2][2])
+
+
+def _robust_strip(pixels: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """Replace the part of a border strip that a subject covers by a fit through the rest.
+
+    A quadratic per channel (enough for gradients and light falloff) is fitted to the
+    best-matching 60 % of the samples, repeatedly; samples far from the final fit are the
+    subject (or its shadow) reaching the border and take the fitted value.
+    """
+    n = len(pixels)
+    if n < 8:
+        return pixels
+    ts = [2 * i / (n - 1) - 1 for i in range(n)]
+    chans = [[p[c] for p in pixels] for c in range(3)]
+    # Start from the samples nearest the median colour, which is background as long as
+    # the subject covers less than half of this side.
+    med = [statistics.median(ys) for ys in chans]
+    res: list[float] = [max(abs(p[c] - med[c]) for c in range(3)) for p in pixels]
+    cut = max(sorted(res)[int(0.6 * n)], 8)
+    keep = [i for i in range(n) if res[i] <= cut]
+    fitted: list[tuple[int, int, int]] = []
+    for _ in range(4):
+        coef = [_fit_quadratic(ts, ys, keep) for ys in chans]
+        fitted = [(_clip(coef[0][0] + coef[0][1] * t + coef[0][2] * t * t),
+                   _clip(coef[1][0] + coef[1][1] * t + coef[1][2] * t * t),
+                   _clip(coef[2][0] + coef[2][1] * t + coef[2][2] * t * t)) for t in ts]
+        res = [max(abs(a - b) for a, b in zip(p, f, strict=True))
+               for p, f in zip(pixels, fitted, strict=True)]
+        cut = max(sorted(res)[int(0.6 * n)], 8)
+        keep = [i for i in range(n) if res[i] <= cut]
+    limit = max(10.0, 3 * statistics.median(res))
+    return [p if r <= limit else f for p, f, r in zip(pixels, fitted, res, strict=True)]
+
+
 def _strip(img: Image.Image, box: tuple[int, int, int, int], length: int,
            vertical: bool) -> Image.Image:
     """Border band `box` averaged across its thickness, median-smoothed along its length."""
@@ -224,7 +281,7 @@ def _strip(img: Image.Image, box: tuple[int, int, int, int], length: int,
     size = (1, n) if vertical else (n, 1)
     line = img.crop(box).resize(size, Image.Resampling.BOX)
     out = Image.new("RGB", size)
-    out.putdata(_smooth_strip(_rgb_pixels(line)))
+    out.putdata(_smooth_strip(_robust_strip(_rgb_pixels(line))))
     return out.resize((1, length) if vertical else (length, 1), Image.Resampling.BILINEAR)
 
 
@@ -571,8 +628,15 @@ def _cut(img: Image.Image) -> tuple[Image.Image | None, Image.Image | None]:
     band = _band_mask(img.size, bandw)
     smooth = img.filter(ImageFilter.GaussianBlur(1))
     model = background_model(smooth, bandw)
-    roughness = _percentile(_distance(smooth, model).histogram(mask=band), 0.95)
-    textured = roughness > TEXTURE_LEVEL
+    # Border pixels far off the model are a subject (or shadow) reaching the edge: they
+    # must not count as background noise or texture.
+    dist = _distance(smooth, model)
+    typical = _percentile(dist.histogram(mask=band), 0.5)
+    band = ImageChops.multiply(band, dist.point(lambda v: 255 if v <= max(24, 4 * typical) else 0))
+    # Texture is fine detail: the typical difference between the border and a slightly
+    # blurred copy of it. Light falloff and shadows are smooth and do not count.
+    detail = _distance(img, img.filter(ImageFilter.GaussianBlur(2)))
+    textured = _percentile(detail.histogram(mask=band), 0.5) > TEXTURE_LEVEL
     blurred = img.filter(ImageFilter.GaussianBlur(6)) if textured else None
     blurred_model = background_model(blurred, bandw) if blurred is not None else None
     first = _segment(img, smooth, model, band, textured, blurred, blurred_model, False)
