@@ -717,7 +717,7 @@ SAMPLES: tuple[Sample, ...] = (
     Sample("vase_checker.png", (640, 640), 18, _vase),
     Sample("kettle_fabric.jpg", (800, 640), 19, _kettle),
     Sample("watch_plain_exif6.jpg", (600, 800), 20, _watch, exif_orientation=6),
-    Sample("backpack_gradient_large.jpg", (4000, 3000), 21, _backpack, quality=80, grain=0),
+    Sample("backpack_gradient_large.jpg", (4000, 3000), 21, _backpack, quality=82, grain=1.5),
 )
 
 # Stored pixels for each EXIF orientation, given the upright picture (the inverse of what

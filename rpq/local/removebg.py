@@ -529,6 +529,24 @@ def _outside(fg: Image.Image) -> Image.Image:
     return ImageChops.multiply(bg, _max(reach, 3))
 
 
+def _remove_shadows(fg: Image.Image, shadow: Image.Image) -> Image.Image:
+    """Drop the shadow-like parts of `fg`, except those walled in by the subject.
+
+    A cast shadow borders the open background along much of its edge. A shaded part of
+    the subject that merely looks like darkened background (a grey sole in a greyscale
+    photo) is bordered mostly by the subject itself, so it is kept.
+    """
+    removed = ImageChops.multiply(fg, shadow)
+    if removed.getbbox() is None:
+        return fg
+    kept = ImageChops.subtract(fg, removed)
+    parts = _Components(removed)
+    touch_bg = parts.count_in(_max(ImageChops.invert(fg), 3))
+    touch_fg = parts.count_in(_max(kept, 3))
+    walled = {lab for lab in parts.area if touch_fg[lab] > 2 * touch_bg[lab]}
+    return ImageChops.lighter(kept, parts.render(walled)) if walled else kept
+
+
 def _segment(img: Image.Image, smooth: Image.Image, model: Image.Image, known: Image.Image,
              textured: bool, blurred: Image.Image | None,
              blurred_model: Image.Image | None, mean_cue: bool) -> Image.Image | None:
@@ -547,7 +565,7 @@ def _segment(img: Image.Image, smooth: Image.Image, model: Image.Image, known: I
         # subject's inside from its shadow.
         threshold = max(2 * noise + 4, min(_otsu(dist.histogram()), 2 * noise + 6))
         fg = _open_close(_binary(dist, threshold))
-        fg = ImageChops.subtract(fg, _shadow_like(smooth, model, smooth_only=True))
+        fg = _remove_shadows(fg, _shadow_like(smooth, model, smooth_only=True))
         # The edge is placed where the contrast reaches half its local peak, as on an
         # anti-aliased edge; this also trims what is left of a shadow at the outline.
         # Only the outer outline: trimming around inner details would widen them into gaps.
