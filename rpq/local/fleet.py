@@ -103,7 +103,7 @@ class EndpointConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.endpoint_id) and all(
-            c.isalnum() or c in "-_" for c in self.endpoint_id
+            (c.isascii() and c.isalnum()) or c in "-_" for c in self.endpoint_id
         ), f"endpoint id {self.endpoint_id!r} must be letters, digits, '-' or '_'")
         _check(_is_int(self.port) and 0 <= self.port <= 65535, "port must be 0..65535")
         _check(_is_int(self.workers_max) and self.workers_max >= 1, "workers_max must be >= 1")
@@ -434,6 +434,16 @@ class Fleet:
     # ---- inspection --------------------------------------------------------------------
 
     def health(self) -> dict[str, dict[str, int]]:
+        """The /health document; every worker is counted once.
+
+        workers: initializing = in cold start; running = busy with a job (also one whose
+        job was cancelled or timed out while its handler still runs); ready = always-on
+        (workers_min) workers waiting for a job; idle = other warm workers waiting, released
+        after idle_timeout; unhealthy = crashed, until crash_downtime passes; throttled =
+        the configured slots that never start.
+        jobs: completed and failed (which includes TIMED_OUT) count since start; inQueue
+        and inProgress are current; retried counts /retry calls and crash re-queues.
+        """
         with self._lock:
             workers = {
                 "idle": 0,
