@@ -125,10 +125,17 @@ def test_subject_touching_the_border_is_kept() -> None:
     assert iou(out.getchannel("A"), mask_for("mug_plain.jpg").crop(box)) >= 0.9
 
 
-@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "1", "I;16", "I", "F"])
+@pytest.mark.parametrize(
+    "mode", ["L", "LA", "La", "P", "PA", "RGBA", "RGBa", "CMYK", "YCbCr", "LAB", "HSV", "1",
+             "I;16", "I;16B", "I", "F"])
 def test_any_mode_gives_rgba_of_the_same_size(mode: str) -> None:
     base = scene()
-    image = base.convert("L").convert(mode) if mode in ("I;16", "I", "F") else base.convert(mode)
+    if mode.startswith("I") or mode == "F":
+        image = base.convert("L").convert(mode)
+    elif mode in ("La", "PA", "LAB", "HSV"):
+        image = Image.new(mode, base.size)
+    else:
+        image = base.convert(mode)
     out = remove_background(image)
     assert out.mode == "RGBA"
     assert out.size == base.size

@@ -17,7 +17,9 @@ MIN_SIDE = 8
 # about 1-3.
 TEXTURE_LEVEL = 4
 
+# Width (px, odd) of the outline band where the edge is re-placed at half the local contrast.
 RIM = 7
+# Luminance range (0..255) in a 3x3 window above which a pixel is an edge, not a soft shadow.
 EDGE = 12
 _RUN = re.compile(rb"\xff+")
 # Natural log scaled so 0..255 maps onto 0..255: differences of logs are brightness ratios.
@@ -31,6 +33,7 @@ _RATIO_TO_ALPHA = [
 ]
 # Smallest local subject/background contrast (0..255) worth matting an edge from.
 MIN_PEAK = 24
+# Samples per border strip for the background fit; smooth backgrounds need few.
 STRIP_SAMPLES = 128
 
 
@@ -42,13 +45,14 @@ def upright(image: Image.Image) -> Image.Image:
 def remove_background(image: Image.Image) -> Image.Image:
     """Return an RGBA copy of `image` with the background transparent and a feathered edge.
 
-    Works for a subject in front of a plain, gradient or (less reliably) textured
-    background that fills the image border; any mode (L, P, RGB, RGBA, ...) and any size.
-    Existing transparency is kept: an image whose border is already transparent is returned
-    as is. When no subject can be told apart from the background (one flat colour, images
-    under 8 px, a subject filling the frame) the image is returned fully opaque, unchanged,
-    rather than blank. Not handled: subjects touching the border on several sides, scenes
-    without a dominant background, fine hair/fur, and backgrounds sharing the subject's colour.
+    Meant for product shots: a subject in front of a plain, gradient or (less reliably)
+    textured background that makes up most of the image border; the subject may run off
+    one side. Any mode and size; pixels keep their colours, only alpha is new. Neutral
+    cast shadows count as background. Existing transparency is kept, and an image whose
+    border is already transparent comes back unchanged. When no subject can be told apart
+    (one flat colour, images under 8 px, a subject filling the frame) the image comes back
+    fully opaque rather than blank. Not handled: fine hair or fur, glass, subjects sharing
+    the background's colour along their outline, busy scenes without a dominant background.
     """
     rgb, alpha = _split(image)
     if alpha is not None and _border_transparent(alpha):
@@ -80,12 +84,21 @@ def _split(image: Image.Image) -> tuple[Image.Image, Image.Image | None]:
     """RGB pixels and the existing alpha channel (None when the image has none)."""
     has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         image.mode == "P" and "transparency" in image.info)
+    if image.mode == "La":
+        image = image.convert("LA")  # Pillow converts premultiplied La to nothing else
     if image.mode.startswith("I") or image.mode == "F":
-        # 16-bit and float greyscale: scale into 0..255 rather than clip.
+        # 16-bit, 32-bit and float greyscale: scale into 0..255 rather than clip.
+        floats = image.mode == "F"
+        image = image.convert("F")
         hi = image.getextrema()[1]
         if isinstance(hi, (int, float)):
-            gain = 255.0 if image.mode == "F" and 0 < hi <= 1 else 255 / hi if hi > 255 else 1.0
-            image = image.convert("F").point(lambda v: v * gain)
+            if floats and 0 < hi <= 1:
+                gain = 255.0
+            elif hi > 65535:
+                gain = 255 / hi
+            else:
+                gain = 1 / 257 if hi > 255 else 1.0
+            image = image.point(lambda v: v * gain)
         image = image.convert("L")
     if not has_alpha:
         return image.convert("RGB"), None
@@ -207,14 +220,15 @@ def _otsu(hist: list[int]) -> int:
 
 
 def _smooth_strip(pixels: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
-    """Running median along a border strip: rejects short intrusions (a shadow, a corner)."""
+    """Running median along a border strip: rejects short intrusions and noise."""
     n = len(pixels)
     k = max(1, n // 16)
     out = []
     for i in range(n):
         window = pixels[max(0, i - k): i + k + 1]
-        out.append(tuple(int(statistics.median(p[c] for p in window)) for c in range(3)))
-    return out  # type: ignore[return-value]
+        r, g, b = (int(statistics.median(p[c] for p in window)) for c in range(3))
+        out.append((r, g, b))
+    return out
 
 
 def _fit_quadratic(ts: list[float], ys: list[int], keep: list[int]) -> tuple[float, float, float]:
@@ -275,8 +289,7 @@ def _robust_strip(pixels: list[tuple[int, int, int]]) -> list[tuple[int, int, in
 
 def _strip(img: Image.Image, box: tuple[int, int, int, int], length: int,
            vertical: bool) -> Image.Image:
-    """Border band `box` averaged across its thickness, median-smoothed along its length."""
-    # A smooth background needs few samples; the median is the slow part.
+    """Border band `box` averaged across its thickness, robustly smoothed along its length."""
     n = min(length, STRIP_SAMPLES)
     size = (1, n) if vertical else (n, 1)
     line = img.crop(box).resize(size, Image.Resampling.BOX)
@@ -351,19 +364,19 @@ def _shadow_like(img: Image.Image, model: Image.Image, smooth_only: bool) -> Ima
     return out
 
 
-def _colour_background(img: Image.Image, band: Image.Image, reach: int) -> Image.Image:
-    """255 where a pixel's colour is close to one that is common on the border.
+def _colour_background(img: Image.Image, known: Image.Image, reach: int) -> Image.Image:
+    """255 where a pixel's colour is close to one that is common in the `known` background.
 
-    The image is quantised to a small adaptive palette; an entry whose share of the border
-    is at least half its share of the whole picture is a background colour, and so is any
-    entry within `reach` (max channel difference) of one, which absorbs shading and
-    blotches of the texture that the border happens not to show.
+    The image is quantised to a small adaptive palette. An entry that is not rare among the
+    known background pixels (and not much rarer there than in the whole picture, which
+    would make it the subject's) is a background colour, and so is any entry within `reach`
+    (max channel difference) of one: that absorbs shading and blotches of the texture.
     """
     q = img.quantize(colors=64, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
     idx = Image.frombytes("L", q.size, q.tobytes())
     palette = q.getpalette() or []
     colours = [tuple(palette[3 * i: 3 * i + 3]) for i in range(len(palette) // 3)]
-    h_border = idx.histogram(mask=band)
+    h_border = idx.histogram(mask=known)
     h_all = idx.histogram()
     n_border, n_all = sum(h_border), sum(h_all)
     core = [i for i in range(min(256, len(colours)))
