@@ -55,9 +55,12 @@ def _smooth_noise(rng: random.Random, size: tuple[int, int], cell: float) -> Ima
 
 
 def _add_grain(img: Image.Image, rng: random.Random, amount: float) -> Image.Image:
-    """Sensor-like grain: the same zero-mean noise on every channel, `amount` levels peak."""
+    """Sensor-like grain: the same zero-mean noise on every channel.
+
+    The blurred uniform noise has a standard deviation of about 39 levels, so the grain's
+    is about 1.6 x `amount`.
+    """
     grain = _noise(rng, img.size).filter(ImageFilter.GaussianBlur(0.6))
-    # After the blur the noise is roughly N(128, 25); centre it and scale to `amount`.
     grain = grain.point(lambda v: _clamp(128 + (v - 128) * amount / 25))
     offset = Image.merge("RGB", (grain, grain, grain))
     mid = Image.new("RGB", img.size, (128, 128, 128))
