@@ -6,6 +6,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageChops, ImageDraw
 
 from rpq.local.removebg import foreground_mask, remove_background, upright
@@ -200,3 +202,21 @@ def test_input_is_not_modified_and_output_is_repeatable() -> None:
     assert remove_background(image).tobytes() == first.tobytes()
     # Colour is left alone: only the alpha channel is new.
     assert first.convert("RGB").tobytes() == before
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    size=st.tuples(st.integers(1, 48), st.integers(1, 48)),
+    mode=st.sampled_from(["RGB", "L", "RGBA", "P"]),
+    seed=st.binary(min_size=1, max_size=64),
+)
+def test_arbitrary_small_images_never_fail(size: tuple[int, int], mode: str, seed: bytes) -> None:
+    w, h = size
+    channels = 4 if mode == "RGBA" else 3
+    pixels = (seed * (w * h * channels // len(seed) + 1))[: w * h * channels]
+    image = Image.frombytes("RGBA" if mode == "RGBA" else "RGB", size, pixels)
+    if mode in ("L", "P"):
+        image = image.convert(mode)
+    out = remove_background(image)
+    assert out.mode == "RGBA"
+    assert out.size == size
