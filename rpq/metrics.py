@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from rpq.errors import UsageError
+from rpq.files import atomic_write
 
 __all__ = [
     "ERROR_KINDS",
@@ -156,18 +155,7 @@ def write_metrics(path: Path, jobs: Sequence[JobRecord], run: Mapping[str, objec
     """Write job_metrics.json atomically: a crash leaves the old file or the new one."""
     document = {"stats": summarize(jobs), "jobs": [j.to_dict() for j in jobs], "run": dict(run)}
     text = json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False, default=str)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(Path(path), (text + "\n").encode("utf-8"), fsync=True)
 
 
 def load_metrics(path: Path) -> Metrics:

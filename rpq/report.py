@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rpq.errors import UsageError
+from rpq.files import atomic_write
 from rpq.metrics import TIME_FIELDS, JobRecord, Metrics, job_end, percentile, summarize
 
 if TYPE_CHECKING:
@@ -621,22 +621,14 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 
 def _save_png(image: Any, path: Path) -> None:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        atomic_write(path, buf.getvalue())
     except OSError as exc:
-        raise UsageError(f"cannot write the plot to {path}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG")
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise UsageError(
-                f"cannot write the plot to {path}: {exc.strerror or exc}. Pass a file path"
-            ) from None
-        raise
+        raise UsageError(
+            f"cannot write the plot to {path}: {exc.strerror or exc}. Pass a file path"
+        ) from None
 
 
 # --- formatting ------------------------------------------------------------------------------

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 import threading
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
@@ -14,22 +11,9 @@ from typing import Any
 from rpq.api import RunPodClient
 from rpq.errors import APIError
 from rpq.extract import Artifact, OutputError, extract, sniff_format
+from rpq.files import atomic_write
 
 EXT = {"jpeg": "jpg", "tiff": "tif"}
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, then rename: readers see the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".rpq-", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class ResultWriter:

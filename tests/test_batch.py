@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,11 @@ def test_round_trip_writes_every_image_and_metrics(tmp_path: Path, make_endpoint
     assert data["run"]["settings"]["concurrency"] == 8
     assert ep.calls()["run"] == 6
     assert "6 of 6 images done" in run.stderr
+    # Results are ordinary files (the umask applies), not private temp files.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for path in (out / "img_000.png", out / "job_metrics.json"):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_rerun_skips_done_work_even_after_rename(tmp_path: Path, make_endpoint) -> None:
