@@ -180,7 +180,6 @@ def test_completed_without_image_is_a_failure(tmp_path: Path, make_endpoint) -> 
 
 
 def test_oversized_request_is_refused_with_advice(tmp_path: Path, make_endpoint) -> None:
-    import os
 
     ep = make_endpoint(handler="echo")
     src = tmp_path / "in"
