@@ -117,3 +117,39 @@ def test_output_key_selects_the_image(tmp_path: Path, make_endpoint) -> None:
                           "--output-key", "result.files.0.png"), env=endpoint_env(ep))
     assert run.code == 0, run.stderr
     assert (out / "custom-0.png").read_bytes() == (src / "custom-0.png").read_bytes()
+
+
+COMFY_WORKER = '''
+def handler(job):
+    inp = job["input"]
+    if "workflow" not in inp:
+        return {"error": "Missing 'workflow' parameter"}
+    names = {i["name"]: i["image"] for i in inp.get("images", [])}
+    load = [n for n in inp["workflow"].values() if n["class_type"] == "LoadImage"][0]
+    image = names[load["inputs"]["image"]]  # the workflow must point at the uploaded image
+    return {"images": [{"filename": "ComfyUI_00001_.png", "type": "base64", "data": image}]}
+'''
+
+
+def test_workflow_batch_against_a_comfy_worker(tmp_path: Path, make_endpoint) -> None:
+    worker = tmp_path / "comfy.py"
+    worker.write_text(COMFY_WORKER)
+    ep = make_endpoint(handler=f"{worker}:handler")
+    workflow = tmp_path / "workflow_api.json"
+    workflow.write_text(json.dumps({
+        "1": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}},
+    }))
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a.png").write_bytes(png_bytes(1))
+    out = tmp_path / "out"
+    run = rpq(*batch_args(src, out, "--workflow", workflow), env=endpoint_env(ep))
+    assert run.code == 0, run.stderr
+    assert (out / "a.png").read_bytes() == (src / "a.png").read_bytes()
+
+    ui_export = tmp_path / "workflow.json"
+    ui_export.write_text(json.dumps({"nodes": [{"id": 1, "type": "LoadImage"}], "links": []}))
+    run = rpq(*batch_args(src, out, "--workflow", ui_export), env=endpoint_env(ep))
+    assert run.code == 2
+    assert "API" in run.stderr and "workflow.json" in run.stderr

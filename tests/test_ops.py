@@ -105,3 +105,20 @@ def test_purge_asks_then_empties_the_queue(make_endpoint) -> None:
     assert run.code == 0
     assert json.loads(run.stdout) == {"removed": 3, "status": "completed"}
     assert ep.health()["jobs"]["inQueue"] == 0
+
+
+def test_health_watch_refreshes_until_ctrl_c(make_endpoint) -> None:
+    import signal
+
+    ep = make_endpoint(handler="echo", workers_max=1)
+    proc = rpq_process("health", "--watch", "0.5", env=endpoint_env(ep))
+    try:
+        wait_for(lambda: ep.calls().get("health", 0) >= 3, timeout=20)
+        proc.send_signal(signal.SIGINT)
+        stdout, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode in (0, 1)
+    assert "diagnosis" in stdout
