@@ -56,3 +56,18 @@ def rpq_process(*args: str | Path, env: dict[str, str], **kw: Any) -> subprocess
         text=True,
         **kw,
     )
+
+
+def in_flight(out: Path) -> int:
+    """How many jobs the batch's journal shows accepted by the endpoint and not yet ended."""
+    from rpq.journal import JOURNAL_NAME, Journal
+
+    path = out / JOURNAL_NAME
+    return len(Journal(path).in_flight()) if path.exists() else 0
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    """Make sure a batch process is gone and its pipes are closed."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate()

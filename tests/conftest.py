@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
+from helpers import Gate
 
 from rpq.local import LocalEndpoint
 
@@ -38,3 +40,18 @@ def make_endpoint() -> Iterator[Callable[..., LocalEndpoint]]:
     yield make
     for endpoint in started:
         endpoint.stop()
+
+
+@pytest.fixture
+def http() -> Iterator[requests.Session]:
+    """A requests session for raw API calls, closed at teardown."""
+    with requests.Session() as session:
+        yield session
+
+
+@pytest.fixture
+def gate() -> Iterator[Gate]:
+    """A handler that holds jobs until the test opens them; all opened at teardown."""
+    g = Gate()
+    yield g
+    g.open_all()

@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from batchkit import endpoint_env, rpq, rpq_process
+from batchkit import endpoint_env, in_flight, rpq, rpq_process, stop
 from helpers import Gate, wait_for
 from imaging import decodes, make_images
 
@@ -70,17 +70,14 @@ def test_ctrl_c_cancels_queued_jobs_and_lets_running_ones_finish(tmp_path: Path,
                        env=endpoint_env(ep))
     try:
         wait_for(lambda: gate.started and ep.calls().get("run", 0) == 4, timeout=20)
-        wait_for(lambda: (out / JOURNAL_NAME).exists() and
-                 len(Journal(out / JOURNAL_NAME).in_flight()) == 4, timeout=10)
+        wait_for(lambda: in_flight(out) == 4, timeout=10)
         proc.send_signal(signal.SIGINT)
         wait_for(lambda: sum(j["status"] == "CANCELLED" for j in ep.jobs()) == 3, timeout=20)
         gate.open("g")
         _, stderr = proc.communicate(timeout=30)
     finally:
         gate.open_all()
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        stop(proc)
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr
     statuses = Counter(j["status"] for j in ep.jobs())
@@ -99,8 +96,7 @@ def test_second_ctrl_c_cancels_everything(tmp_path: Path, make_endpoint) -> None
     out = tmp_path / "out"
     proc = rpq_process("batch", src, "--out", out, "--no-progress", env=endpoint_env(ep))
     try:
-        wait_for(lambda: gate.started and (out / JOURNAL_NAME).exists() and
-                 len(Journal(out / JOURNAL_NAME).in_flight()) == 3, timeout=20)
+        wait_for(lambda: gate.started and in_flight(out) == 3, timeout=20)
         proc.send_signal(signal.SIGINT)
         wait_for(lambda: sum(j["status"] == "CANCELLED" for j in ep.jobs()) == 2, timeout=20)
         proc.send_signal(signal.SIGINT)
@@ -108,9 +104,7 @@ def test_second_ctrl_c_cancels_everything(tmp_path: Path, make_endpoint) -> None
         _, stderr = proc.communicate(timeout=30)
     finally:
         gate.open_all()
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        stop(proc)
     assert proc.returncode == 130, stderr
     journal = Journal(out / JOURNAL_NAME)
     assert not journal.in_flight()

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from batchkit import endpoint_env, rpq, rpq_process
+from batchkit import endpoint_env, in_flight, rpq, rpq_process, stop
 from helpers import Gate, wait_for
 from imaging import make_images
 
@@ -80,8 +80,7 @@ def test_cancel_leftovers_of_a_crashed_batch(tmp_path: Path, make_endpoint) -> N
     out = tmp_path / "out"
     proc = rpq_process("batch", src, "--out", out, "--no-progress", env=endpoint_env(ep))
     try:
-        wait_for(lambda: (out / JOURNAL_NAME).exists() and
-                 len(Journal(out / JOURNAL_NAME).in_flight()) == 3, timeout=20)
+        wait_for(lambda: in_flight(out) == 3, timeout=20)
         proc.kill()
         proc.communicate(timeout=10)
         run = rpq("cancel", "--journal", out, env=endpoint_env(ep))
@@ -117,8 +116,6 @@ def test_health_watch_refreshes_until_ctrl_c(make_endpoint) -> None:
         proc.send_signal(signal.SIGINT)
         stdout, _ = proc.communicate(timeout=20)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        stop(proc)
     assert proc.returncode in (0, 1)
     assert "diagnosis" in stdout

@@ -19,19 +19,6 @@ RUN_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]
 
 
 @pytest.fixture
-def http() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        yield session
-
-
-@pytest.fixture
-def gate() -> Iterator[Gate]:
-    g = Gate()
-    yield g
-    g.open_all()
-
-
-@pytest.fixture
 def ep(make_endpoint: Callable[..., LocalEndpoint], gate: Gate) -> LocalEndpoint:
     return make_endpoint(handler=gate, rate_limits={})
 

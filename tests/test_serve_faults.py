@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import requests
@@ -13,12 +13,6 @@ from helpers import wait_for
 from rpq.local import LocalEndpoint, parse_faults
 
 Make = Callable[..., LocalEndpoint]
-
-
-@pytest.fixture
-def http() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        yield session
 
 
 def state(http: requests.Session, ep: LocalEndpoint, job_id: str) -> str:

@@ -5,30 +5,16 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import pytest
 import requests
 from helpers import Gate, wait_for
 
 from rpq.local import LocalEndpoint
 
 Make = Callable[..., LocalEndpoint]
-
-
-@pytest.fixture
-def http() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        yield session
-
-
-@pytest.fixture
-def gate() -> Iterator[Gate]:
-    g = Gate()
-    yield g
-    g.open_all()
 
 
 def run(http: requests.Session, ep: LocalEndpoint, body: dict[str, Any]) -> str:
