@@ -210,8 +210,9 @@ class Poller:
         """A long poll came back early with nothing new: the endpoint does not hold them."""
         with self._lock:
             self._unheld += 1
-            if self._unheld >= 3:
-                self._fall_back()
+            unheld = self._unheld
+        if unheld >= 3:
+            self._fall_back()  # takes the lock itself
         return min(1.0, wait_s)
 
     def _sync_route_missing(self, caller: Caller, job_id: str) -> bool:
