@@ -450,7 +450,6 @@ class Batch:
         return job_id
 
     def _wait(self, job: _Job, caller: Caller, job_id: str, endpoint: str) -> PollResult:
-        seq = self.detector.next_seq()
         with self._lock:
             self._live[job_id] = (job.key, "IN_QUEUE", endpoint)
 
@@ -467,8 +466,7 @@ class Batch:
             return self._halt.is_set() or job_id in self._migrate
 
         try:
-            return self.poller.wait(caller, job_id, seq, self.clock(), on_status=on_status,
-                                    stop=stop)
+            return self.poller.wait(caller, job_id, self.clock(), on_status=on_status, stop=stop)
         finally:
             with self._lock:
                 self._live.pop(job_id, None)

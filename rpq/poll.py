@@ -25,30 +25,28 @@ class StallDetector:
 
     A queued job is stuck once it has waited `max_queue_time` and either the endpoint made no
     progress on the batch for that long (no job of the batch seen starting, running or
-    finishing), or a job submitted after it has already started (the queue moved past it).
+    finishing), or a job submitted clearly after it has already started (the queue moved past
+    it). "Clearly": more than OVERTAKE_GRACE later, since requests sent at the same moment may
+    reach the queue in either order.
     """
+
+    OVERTAKE_GRACE = 1.0
 
     def __init__(self, max_queue_time: float, clock: Clock = time.monotonic) -> None:
         self.max_queue_time = max_queue_time
         self._clock = clock
         self._lock = threading.Lock()
-        self._seq = 0
-        self._max_started_seq = -1
+        self._latest_started = float("-inf")  # submit time of the latest-submitted started job
         self.last_progress = clock()
 
-    def next_seq(self) -> int:
-        with self._lock:
-            self._seq += 1
-            return self._seq
-
-    def observed(self, seq: int, status: str) -> None:
+    def observed(self, submitted_at: float, status: str) -> None:
         if status in STARTED or status in TERMINAL:
             with self._lock:
                 self.last_progress = self._clock()
                 if status in STARTED or status == "COMPLETED":
-                    self._max_started_seq = max(self._max_started_seq, seq)
+                    self._latest_started = max(self._latest_started, submitted_at)
 
-    def stuck(self, seq: int, queued_since: float) -> str | None:
+    def stuck(self, queued_since: float) -> str | None:
         """Why the job counts as stuck, or None while it is only waiting its turn."""
         now = self._clock()
         waited = now - queued_since
@@ -56,7 +54,7 @@ class StallDetector:
             return None
         with self._lock:
             idle = now - self.last_progress
-            overtaken = self._max_started_seq > seq
+            overtaken = self._latest_started > queued_since + self.OVERTAKE_GRACE
         if idle >= self.max_queue_time:
             return f"the endpoint made no progress on the batch for {idle:.0f}s"
         if overtaken:
@@ -128,7 +126,6 @@ class Poller:
         self,
         caller: Caller,
         job_id: str,
-        seq: int,
         submitted_at: float,
         *,
         on_status: Callable[[str], None] | None = None,
@@ -149,7 +146,7 @@ class Poller:
             if stop is not None and stop():
                 return PollResult("interrupted", last, "interrupted", started_at)
             if status not in STARTED:
-                stuck = self.detector.stuck(seq, queued_since)
+                stuck = self.detector.stuck(queued_since)
                 if stuck:
                     return PollResult("stalled", last, stuck, started_at)
             if delay > 0:
@@ -182,7 +179,7 @@ class Poller:
             errors = 0
             last = body
             new_status = str(body.get("status", ""))
-            self.detector.observed(seq, new_status)
+            self.detector.observed(submitted_at, new_status)
             if new_status != status and on_status is not None:
                 on_status(new_status)
             if new_status in STARTED and started_at is None:
