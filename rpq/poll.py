@@ -69,15 +69,27 @@ class Timing:
         self._alpha = alpha
         self._lock = threading.Lock()
         self.execution: float | None = None
+        self.delay: float | None = None
+
+    def _mix(self, old: float | None, ms: object) -> float | None:
+        if not isinstance(ms, (int, float)) or isinstance(ms, bool) or ms < 0:
+            return old
+        sec = ms / 1000.0
+        return sec if old is None else self._alpha * sec + (1 - self._alpha) * old
 
     def learn(self, body: dict[str, Any]) -> None:
-        exec_ms = body.get("executionTime")
-        if isinstance(exec_ms, (int, float)) and exec_ms >= 0:
-            with self._lock:
-                sec = exec_ms / 1000.0
-                self.execution = sec if self.execution is None else (
-                    self._alpha * sec + (1 - self._alpha) * self.execution
-                )
+        with self._lock:
+            self.execution = self._mix(self.execution, body.get("executionTime"))
+            self.delay = self._mix(self.delay, body.get("delayTime"))
+
+    def expected_end(self, queued_since: float, started_at: float | None) -> float | None:
+        """When the job should be done, by what finished jobs took; None before any."""
+        with self._lock:
+            if self.execution is None:
+                return None
+            if started_at is not None:
+                return started_at + self.execution
+            return queued_since + (self.delay or 0.0) + self.execution
 
 
 @dataclass
@@ -194,7 +206,7 @@ class Poller:
                 held = self._clock() - asked
                 delay = 0.0 if held >= wait_s * 0.5 else self._note_unheld(wait_s)
             else:
-                delay = self._next_delay(status, started_at, delay)
+                delay = self._next_delay(queued_since, started_at, delay)
 
     # -- schedule ---------------------------------------------------------------------------
 
@@ -221,12 +233,14 @@ class Poller:
         self._fall_back()
         return not self._long_polls
 
-    def _next_delay(self, status: str, started_at: float | None, previous: float) -> float:
+    def _next_delay(self, queued_since: float, started_at: float | None,
+                    previous: float) -> float:
         """Poll near the expected end of the job; back off gently while it is not due."""
-        expected = self.timing.execution
-        if status in STARTED and started_at is not None and expected is not None:
-            remaining = started_at + expected - self._clock()
-            if remaining > 0.3:
-                return min(max(remaining * 0.8, 0.2), 10.0)
-            return min(max(previous * 1.5, 0.2), 2.0)
-        return min(max(previous * 1.5, 0.5), 5.0)
+        end = self.timing.expected_end(queued_since, started_at)
+        if end is None:  # nothing learnt yet: a gentle exponential backoff
+            return min(max(previous * 1.5, 0.5), 5.0)
+        remaining = end - self._clock()
+        if remaining > 0.05:
+            # Land just after the expected end: one request usually finds the job done.
+            return min(remaining + 0.05, 10.0)
+        return min(max(previous * 1.5, 0.2), 2.0)  # overdue: look again soon

@@ -295,3 +295,18 @@ def test_output_goes_to_folder_out_by_default(tmp_path: Path, make_endpoint) -> 
     # Two inputs with one stem never overwrite each other.
     assert sorted(p.name for p in outputs_of(out)) == ["a.jpg", "a.png"] or \
         len(outputs_of(out)) == 2
+
+
+def test_adaptive_status_polling_is_economical(tmp_path: Path, make_endpoint) -> None:
+    # Without long polls, rpq learns how long jobs take and polls near their expected end.
+    ep = make_endpoint(handler="echo", workers_max=4, process_time=1.0)
+    src = tmp_path / "in"
+    make_images(src, 12)
+    out = tmp_path / "out"
+    run = rpq(*batch_args(src, out, "--poll", "status", "--concurrency", "4"),
+              env=endpoint_env(ep))
+    assert run.code == 0, run.stderr
+    calls = ep.calls()
+    assert calls.get("status-sync", 0) == 0
+    # Polling every 0.25 s to notice results as fast would make about 5 requests per job.
+    assert calls["status"] / 12 <= 2.5
