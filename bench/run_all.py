@@ -1,0 +1,754 @@
+"""`make bench`: every scenario, rpq against the ideal and the runpod SDK; writes BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness as h
+
+# ---- sizes -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Everything that --quick shrinks."""
+
+    reps: int
+    s1_images: int = 400
+    s1_workers: int = 16
+    s1_job: float = 0.5
+    s1_concurrency: int = 32
+    s2_images: int = 64
+    s2_workers: int = 16
+    s2_job: tuple[float, float] = (4.0, 6.0)
+    s2_concurrency: int = 32
+    s3_small: int = 1_000
+    s3_large: int = 10_000
+    s3_workers: int = 16
+    s3_concurrency: int = 64
+    s4_images: int = 100
+    s4_workers: int = 8
+    s4_cold: float = 3.0
+    s4_stall_after: float = 5.0
+    s4_stall: float = 20.0
+    s4_job: float = 0.5
+    s4_concurrency: int = 32
+    s5_help_runs: int = 10
+    s5_report_jobs: int = 2_000
+    s5_report_runs: int = 5
+    s6_threads: tuple[int, ...] = (1, 4, 16)
+    s6_seconds: float = 2.0
+    s6_jobs: int = 8
+
+
+FULL = Sizes(reps=3)
+QUICK = Sizes(
+    reps=1,
+    s1_images=24, s1_workers=4, s1_job=0.2, s1_concurrency=8,
+    s2_images=8, s2_workers=4, s2_job=(0.4, 0.6), s2_concurrency=8,
+    s3_small=40, s3_large=200, s3_workers=4, s3_concurrency=16,
+    s4_images=12, s4_workers=2, s4_cold=0.5, s4_stall_after=0.7, s4_stall=1.0, s4_job=0.2,
+    s4_concurrency=8,
+    s5_help_runs=3, s5_report_jobs=200, s5_report_runs=1,
+    s6_threads=(1, 2), s6_seconds=0.3, s6_jobs=2,
+)
+
+# Targets from issue 5.
+S1_WITHIN = 0.05
+S2_STATUS_PER_JOB = 4.0
+S2_LAG_P95 = 0.5
+S3_RSS_MB = 150.0
+S3_FLAT = 1.2  # peak RSS at the large size at most this times the small size's
+S5_HELP_S = 0.2
+
+
+# ---- running pairs -----------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    """Where the runs write, and how big they are."""
+
+    work: Path
+    cache: Path
+    sizes: Sizes
+    log: Callable[[str], None]
+
+
+def client_run(ctx: Context, tag: str, client: str, folder: Path, images: int,
+               endpoint: dict[str, Any], concurrency: int, timeout: float) -> h.RunFigures:
+    """One client run against a fresh endpoint process; figures from both ends."""
+    out = ctx.work / "runs" / f"{tag}-{client}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    ep = h.EndpointProcess(out.with_name(out.name + ".endpoint.json"), **endpoint)
+    try:
+        if client == "rpq":
+            measured = h.rpq_batch(folder, out, ep.env(), concurrency, timeout)
+        elif client == "rpq-unpaced":
+            cmd = [str(h.PYTHON), str(h.BENCH / "rpq_unpaced.py"), "batch", str(folder),
+                   "--out", str(out), "--no-progress", "--concurrency", str(concurrency),
+                   "--fresh"]
+            measured = h.run_measured(cmd, ep.env(), out.with_name(out.name + ".log"), timeout)
+        else:
+            measured = h.baseline_batch(folder, out, ep, concurrency, timeout)
+    except BaseException:
+        ep.kill()
+        raise
+    snapshot = ep.stop()
+    if client == "baseline":
+        figures = h.baseline_figures(images, out, measured, snapshot)
+    else:
+        figures = h.rpq_figures(images, out, measured, snapshot)
+    figures.client = client
+    figures.extra["stall"] = snapshot.get("events", {})
+    ctx.log(f"  {tag} {client}: {figures.completed}/{images} done, makespan "
+            f"{figures.makespan:.2f} s, wall {figures.wall:.2f} s, status/job "
+            f"{figures.status_per_job:.2f}, lag p95 {_fmt(figures.lag_p95, 3)} s, "
+            f"rss {figures.max_rss_mb:.0f} MB, exit {figures.exit_code}")
+    # Outputs are not needed once counted; 10,000 files per run add up.
+    written = 0
+    for child in out.iterdir():
+        if child.suffix == ".png":
+            written += 1
+            child.unlink()
+    figures.extra["written"] = written
+    return figures
+
+
+def pairs(ctx: Context, name: str, folder: Path, images: int, endpoint: dict[str, Any],
+          concurrency: int, timeout: float,
+          clients: tuple[str, ...] = ("rpq", "baseline")) -> dict[str, list[h.RunFigures]]:
+    """ctx.sizes.reps repetitions; the clients alternate who goes first."""
+    runs: dict[str, list[h.RunFigures]] = {c: [] for c in clients}
+    for rep in range(ctx.sizes.reps):
+        order = clients if rep % 2 == 0 else tuple(reversed(clients))
+        for client in order:
+            runs[client].append(client_run(ctx, f"{name}-{images}-r{rep}", client, folder,
+                                           images, endpoint, concurrency, timeout))
+    return runs
+
+
+def med(runs: list[h.RunFigures], get: Callable[[h.RunFigures], float | None]) -> float | None:
+    values = [v for v in (get(r) for r in runs) if v is not None]
+    return statistics.median(values) if values else None
+
+
+# ---- results -----------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One line of the figures table."""
+
+    scenario: str
+    figure: str
+    rpq: str
+    baseline: str
+    ratio: str = ""
+    target: str = ""
+    met: bool | None = None
+    why: str = ""  # what bounds the figure, shown when the target is missed
+
+
+@dataclass
+class Scenario:
+    """A scenario's rows, per-run detail, and notes."""
+
+    key: str
+    title: str
+    setup: str
+    rows: list[Row] = field(default_factory=list)
+    detail: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    bounds: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def _fmt(value: float | None, digits: int = 2, unit: str = "") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:,.{digits}f}{unit}"
+
+
+def _ratio(a: float | None, b: float | None, digits: int = 2) -> str:
+    if a is None or b is None or b == 0:
+        return "n/a"
+    r = a / b
+    return f"{r:.{digits}f}x" if r >= 0.1 else f"{r:.2g}x"
+
+
+def run_table(runs: dict[str, list[h.RunFigures]]) -> list[str]:
+    """Per-run figures, every client, as markdown table lines."""
+    lines = [
+        "| client | run | done | makespan s | wall s | start-up s | status req/job | "
+        "lag p50 s | lag p95 s | peak RSS MB | client CPU s | endpoint CPU s | exit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for client, items in runs.items():
+        for i, r in enumerate(items):
+            lines.append(
+                f"| {client} | {i + 1} | {r.completed}/{r.images} | {r.makespan:.2f} | "
+                f"{r.wall:.2f} | {r.startup:.2f} | {r.status_per_job:.2f} | "
+                f"{_fmt(r.lag_p50, 3)} | {_fmt(r.lag_p95, 3)} | {r.max_rss_mb:.0f} | "
+                f"{r.cpu_seconds:.1f} | {r.server_cpu_seconds:.1f} | {r.exit_code} |"
+            )
+    return lines
+
+
+# ---- scenarios ---------------------------------------------------------------------------
+
+
+def scenario_1(ctx: Context) -> Scenario:
+    s = ctx.sizes
+    ideal = math.ceil(s.s1_images / s.s1_workers) * s.s1_job
+    sc = Scenario("1", "Throughput", (
+        f"{s.s1_images} images, `echo` handler + {s.s1_job:g} s per job, {s.s1_workers} "
+        f"workers (always on), concurrency {s.s1_concurrency}. Ideal makespan = "
+        f"ceil({s.s1_images}/{s.s1_workers}) x {s.s1_job:g} s = {ideal:g} s."))
+    folder = h.image_set(ctx.cache, s.s1_images)
+    endpoint = {"handler": "echo", "workers_max": s.s1_workers, "process_time": s.s1_job}
+    runs = pairs(ctx, "s1", folder, s.s1_images, endpoint, s.s1_concurrency,
+                 timeout=60 + 20 * ideal)
+    rpq, base = runs["rpq"], runs["baseline"]
+    mk_r, mk_b = med(rpq, lambda r: r.makespan), med(base, lambda r: r.makespan)
+    wall_r, wall_b = med(rpq, lambda r: r.wall), med(base, lambda r: r.wall)
+    done_r = min(r.completed for r in rpq)
+    done_b = min(r.completed for r in base)
+    start_r = med(rpq, lambda r: r.startup)
+    start_b = med(base, lambda r: r.startup)
+    sc.rows += [
+        Row("1", "makespan (first /run to last result), s", _fmt(mk_r), _fmt(mk_b),
+            _ratio(mk_r, mk_b), f"<= {ideal * (1 + S1_WITHIN):.4g} (ideal {ideal:g} +5%)",
+            mk_r is not None and mk_r <= ideal * (1 + S1_WITHIN) and done_r == s.s1_images,
+            why="per-job turnaround in the client (decode, write, journal, next submit) on "
+            "cores shared with the endpoint; the queue of concurrency - workers jobs hides it "
+            "only while it stays under one job time"),
+        Row("1", "makespan / ideal", _ratio(mk_r, ideal, 3), _ratio(mk_b, ideal, 3)),
+        Row("1", "command wall time (spawn to exit), s", _fmt(wall_r), _fmt(wall_b),
+            _ratio(wall_r, wall_b), f"(ideal {ideal:g})"),
+        Row("1", "command wall time / ideal", _ratio(wall_r, ideal, 3),
+            _ratio(wall_b, ideal, 3)),
+        Row("1", "images done", f"{done_r}/{s.s1_images}", f"{done_b}/{s.s1_images}"),
+    ]
+    sc.data = {"ideal": ideal, "images": s.s1_images,
+               "makespan": {"rpq": mk_r, "baseline": mk_b},
+               "wall": {"rpq": wall_r, "baseline": wall_b},
+               "startup": {"rpq": start_r, "baseline": start_b}}
+    sc.detail = run_table(runs)
+    sc.notes.append(
+        f"Start-up (spawn to first /run at the endpoint) is {_fmt(start_r)} s for rpq "
+        f"(imports, one /health, reading the folder) and {_fmt(start_b)} s for the baseline "
+        "(mostly `import runpod`); the command wall time includes it and the exit, the "
+        "makespan does not.")
+    sc.bounds.append(
+        f"Scenario 1 is bounded by the endpoint ({s.s1_workers} workers x {s.s1_job:g} s); "
+        f"rpq adds {_fmt(None if mk_r is None else mk_r - ideal)} s to the ideal over "
+        f"{s.s1_images} jobs, and its command wall time adds {_fmt(start_r)} s of start-up.")
+    return sc
+
+
+def scenario_2(ctx: Context) -> Scenario:
+    s = ctx.sizes
+    lo, hi = s.s2_job
+    sc = Scenario("2", "Request economy and reaction time", (
+        f"{s.s2_images} images, `echo` handler + uniform {lo:g}-{hi:g} s per job, "
+        f"{s.s2_workers} workers, concurrency {s.s2_concurrency}. Status requests per job = "
+        "requests the endpoint received on /status and /status-sync, divided by the images. "
+        "Detection lag = the client has the result on disk minus the job's end on the endpoint."))
+    folder = h.image_set(ctx.cache, s.s2_images)
+    endpoint = {"handler": "echo", "workers_max": s.s2_workers, "process_time": f"{lo}-{hi}"}
+    ideal = math.ceil(s.s2_images / s.s2_workers) * hi
+    runs = pairs(ctx, "s2", folder, s.s2_images, endpoint, s.s2_concurrency,
+                 timeout=60 + 10 * ideal)
+    rpq, base = runs["rpq"], runs["baseline"]
+    spj_r, spj_b = med(rpq, lambda r: r.status_per_job), med(base, lambda r: r.status_per_job)
+    p95_r, p95_b = med(rpq, lambda r: r.lag_p95), med(base, lambda r: r.lag_p95)
+    p50_r, p50_b = med(rpq, lambda r: r.lag_p50), med(base, lambda r: r.lag_p50)
+    mk_r, mk_b = med(rpq, lambda r: r.makespan), med(base, lambda r: r.makespan)
+    sc.rows += [
+        Row("2", "status requests per job", _fmt(spj_r), _fmt(spj_b), _ratio(spj_r, spj_b),
+            f"<= {S2_STATUS_PER_JOB:g}", spj_r is not None and spj_r <= S2_STATUS_PER_JOB,
+            why="long polls that came back before the job ended (held at most 20 s, or half "
+            "of --max-queue-time)"),
+        Row("2", "detection lag p95, s", _fmt(p95_r, 3), _fmt(p95_b, 3), _ratio(p95_r, p95_b),
+            f"< {S2_LAG_P95:g}", p95_r is not None and p95_r < S2_LAG_P95,
+            why="the time from the long poll's answer to the image on disk and the journal "
+            "line, on cores shared with the endpoint"),
+        Row("2", "detection lag p50, s", _fmt(p50_r, 3), _fmt(p50_b, 3), _ratio(p50_r, p50_b)),
+        Row("2", "makespan, s", _fmt(mk_r), _fmt(mk_b), _ratio(mk_r, mk_b)),
+    ]
+    sc.data = {"status_per_job": {"rpq": spj_r, "baseline": spj_b},
+               "lag_p95": {"rpq": p95_r, "baseline": p95_b}}
+    sc.detail = run_table(runs)
+    calls = rpq[0].server_calls
+    sc.notes.append(
+        "Requests the endpoint saw in rpq's first run: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(calls.items()))
+        + "; baseline: " + ", ".join(f"{k} {v}" for k, v in sorted(base[0].server_calls.items()))
+        + ". rpq holds one /status-sync long poll per job (up to 20 s); the SDK's "
+        "Job.output() polls /status once a second.")
+    return sc
+
+
+def scenario_3(ctx: Context) -> Scenario:
+    s = ctx.sizes
+    sc = Scenario("3", "Scale and memory", (
+        f"{s.s3_small:,} and {s.s3_large:,} images (32x32 PNG), `echo` handler with no delay, "
+        f"{s.s3_workers} workers, concurrency {s.s3_concurrency}, the endpoint enforcing "
+        "RunPod's documented rate limits (/run 1000 and /status 2000 per 10 s). Peak RSS and "
+        "CPU come from wait4() on the client process."))
+    small = h.image_set(ctx.cache, s.s3_small)
+    large = h.image_set(ctx.cache, s.s3_large)
+    endpoint = {"handler": "echo", "workers_max": s.s3_workers}
+    timeout_small = 120 + s.s3_small * 0.1
+    timeout_large = 120 + s.s3_large * 0.1
+    runs_small = pairs(ctx, "s3", small, s.s3_small, endpoint, s.s3_concurrency, timeout_small)
+    rpq_large: list[h.RunFigures] = []
+    for rep in range(s.reps):
+        rpq_large.append(client_run(ctx, f"s3-{s.s3_large}-r{rep}", "rpq", large, s.s3_large,
+                                    endpoint, s.s3_concurrency, timeout_large))
+    # Once each: the SDK against the same limits at the large size, and rpq with its own
+    # pacing lifted against an endpoint without limits (the client's ceiling).
+    base_large = client_run(ctx, f"s3-{s.s3_large}-r0", "baseline", large, s.s3_large,
+                            endpoint, s.s3_concurrency, timeout_large)
+    unpaced = client_run(ctx, f"s3-{s.s3_large}-r0", "rpq-unpaced", large, s.s3_large,
+                         {**endpoint, "rate_limits": "off"}, s.s3_concurrency, timeout_large)
+    rs, bs = runs_small["rpq"], runs_small["baseline"]
+    rss_small, rss_large = med(rs, lambda r: r.max_rss_mb), med(rpq_large, lambda r: r.max_rss_mb)
+    rss_bs = med(bs, lambda r: r.max_rss_mb)
+    growth = (None if rss_small is None or rss_large is None
+              else (rss_large - rss_small) / (s.s3_large - s.s3_small) * 1000)
+
+    def per_job(r: h.RunFigures) -> float:
+        return r.cpu_seconds / max(r.completed, 1) * 1000
+
+    cpu_large, cpu_small, cpu_bs = med(rpq_large, per_job), med(rs, per_job), med(bs, per_job)
+    jps_large = med(rpq_large, lambda r: r.jobs_per_second)
+    jps_small, jps_bs = med(rs, lambda r: r.jobs_per_second), med(bs, lambda r: r.jobs_per_second)
+    done_large = min(r.completed for r in rpq_large)
+    flat = rss_small is not None and rss_large is not None and rss_large <= S3_FLAT * rss_small
+    pace = run_pace()
+    floor = max(0.0, (s.s3_large - pace[1]) / pace[0])
+    one = " (1 run)"
+    sc.rows += [
+        Row("3", f"peak RSS at {s.s3_large:,} images, MB", _fmt(rss_large, 0),
+            _fmt(base_large.max_rss_mb, 0) + one, _ratio(rss_large, base_large.max_rss_mb),
+            f"< {S3_RSS_MB:g}", rss_large is not None and rss_large < S3_RSS_MB,
+            why="per-image state kept until the end of the run (see the flatness line)"),
+        Row("3", f"peak RSS at {s.s3_small:,} images, MB", _fmt(rss_small, 0), _fmt(rss_bs, 0),
+            _ratio(rss_small, rss_bs)),
+        Row("3", "peak RSS growth per 1,000 images, MB", _fmt(growth, 1), "", "",
+            f"flat: {s.s3_large:,} <= {S3_FLAT:g}x {s.s3_small:,}", flat,
+            why="rpq holds, for every image until the run ends, its JobRecord (for "
+            "job_metrics.json), its journal Entry with a second copy of the record as a dict, "
+            "a threading.Event in Batch._keys_in_run, a key in Batch._seen_keys and its "
+            "output name in ResultWriter._claims; these long-lived small objects also pin "
+            "the allocator's arenas between the short-lived request and image buffers"),
+        Row("3", f"client CPU per job at {s.s3_large:,}, ms", _fmt(cpu_large, 2),
+            _fmt(per_job(base_large), 2) + one),
+        Row("3", f"client CPU per job at {s.s3_small:,}, ms", _fmt(cpu_small, 2), _fmt(cpu_bs, 2),
+            _ratio(cpu_small, cpu_bs)),
+        Row("3", f"jobs per second at {s.s3_large:,} (first /run to last result)",
+            _fmt(jps_large, 1), _fmt(base_large.jobs_per_second, 1) + one),
+        Row("3", f"images done at {s.s3_large:,}", f"{done_large:,}/{s.s3_large:,}",
+            f"{base_large.completed:,}/{s.s3_large:,}" + one),
+        Row("3", f"jobs per second at {s.s3_small:,}", _fmt(jps_small, 1), _fmt(jps_bs, 1),
+            _ratio(jps_small, jps_bs)),
+        Row("3", f"rpq with its pacing lifted, {s.s3_large:,} images, endpoint without limits: "
+            "jobs/s; CPU ms per job", f"{unpaced.jobs_per_second:.1f}; "
+            f"{per_job(unpaced):.2f}" + one, ""),
+    ]
+    base_errors = base_large.extra.get("errors") or []
+    sc.data = {"images": s.s3_large,
+               "rss": {"small": rss_small, "large": rss_large, "growth_per_1000": growth},
+               "jobs_per_second": {"rpq": jps_large, "baseline_large": base_large.jobs_per_second,
+                                   "unpaced": unpaced.jobs_per_second},
+               "baseline_large_done": base_large.completed, "rpq_large_done": done_large,
+               "cpu_ms_per_job": {"rpq": cpu_large, "unpaced": per_job(unpaced)},
+               "pace": pace}
+    sc.detail = run_table({"rpq": rpq_large + rs, "baseline": [base_large, *bs],
+                           "rpq-unpaced": [unpaced]})
+    sc.notes.append(
+        "Client CPU includes the interpreter's start-up and imports: about 0.4 s for rpq and "
+        "1.5 s for the baseline (`import runpod`), which dominates the per-job figure at small "
+        "sizes.")
+    if base_large.completed < s.s3_large:
+        sc.notes.append(
+            f"The SDK baseline at {s.s3_large:,} images completed {base_large.completed:,}: "
+            f"the other {base_large.run_calls - base_large.completed:,} /run requests were "
+            "answered 429 (the endpoint's documented /run limit) and runpod 1.12.0 does not retry "
+            "a POST, so those images failed"
+            + (f" (`{base_errors[0][:90]}`)." if base_errors else "."))
+    else:
+        sc.notes.append(f"The SDK baseline completed all {s.s3_large:,} images.")
+    sc.notes.append(
+        f"At {s.s3_small:,} images the baseline's burst fits in the first 10 s window of the "
+        "/run limit, so its jobs/s there is a rate the endpoint would not sustain.")
+    sc.bounds.append(
+        f"Jobs per second at scale (scenario 3) are bounded by rpq's own pacing, by design: "
+        f"/run is held to {pace[0]:g} per second with a burst of {pace[1]:g} (90% of RunPod's "
+        f"documented 1000 per 10 s), so {s.s3_large:,} jobs take at least {floor:.0f} s. With "
+        f"the pacing lifted (bench/rpq_unpaced.py) against an endpoint without limits the same "
+        f"run reaches {unpaced.jobs_per_second:.1f} jobs/s using {unpaced.cpu_seconds:.1f} s "
+        f"of client CPU in {unpaced.makespan:.1f} s, about one core: there the bound is the "
+        f"client's Python CPU per job ({per_job(unpaced):.2f} ms, GIL-bound) on a machine "
+        f"whose other core runs the endpoint.")
+    return sc
+
+
+def run_pace() -> tuple[float, float]:
+    """(per second, burst) of rpq's own /run pacing, read from rpq.limiter."""
+    from rpq.limiter import RUNPOD_LIMITS
+
+    count, per = RUNPOD_LIMITS["run"]
+    return count / per, float(max(1, count // 10))
+
+
+def scenario_4(ctx: Context) -> Scenario:
+    s = ctx.sizes
+    ideal = s.s4_cold + s.s4_stall + math.ceil(s.s4_images / s.s4_workers) * s.s4_job
+    sc = Scenario("4", "Cold start and stall", (
+        f"{s.s4_images} images, workers min 0 / max {s.s4_workers}, cold start {s.s4_cold:g} s, "
+        f"{s.s4_job:g} s per job, concurrency {s.s4_concurrency}, the whole endpoint paused "
+        f"{s.s4_stall:g} s starting {s.s4_stall_after:g} s after the first /run; idle timeout "
+        f"longer than the stall so workers stay up through it. rpq runs with its defaults "
+        f"(--max-queue-time 60). Ideal = cold start + stall + ceil({s.s4_images}/"
+        f"{s.s4_workers}) x {s.s4_job:g} s = {ideal:g} s."))
+    folder = h.image_set(ctx.cache, s.s4_images)
+    endpoint = {"handler": "echo", "workers_min": 0, "workers_max": s.s4_workers,
+                "cold_start": s.s4_cold, "process_time": s.s4_job,
+                "idle_timeout": s.s4_stall + 10, "stall_after": s.s4_stall_after,
+                "stall_for": s.s4_stall}
+    runs = pairs(ctx, "s4", folder, s.s4_images, endpoint, s.s4_concurrency,
+                 timeout=120 + 5 * ideal)
+    rpq, base = runs["rpq"], runs["baseline"]
+    done_r, done_b = min(r.completed for r in rpq), min(r.completed for r in base)
+    canc_r = max(r.cancelled_on_server for r in rpq)
+    canc_b = max(r.cancelled_on_server for r in base)
+    resub_r = max(r.run_calls - r.images for r in rpq)
+    mk_r, mk_b = med(rpq, lambda r: r.makespan), med(base, lambda r: r.makespan)
+    spj_r, spj_b = med(rpq, lambda r: r.status_per_job), med(base, lambda r: r.status_per_job)
+    sc.rows += [
+        Row("4", "images done", f"{done_r}/{s.s4_images}", f"{done_b}/{s.s4_images}", "",
+            "all", done_r == s.s4_images, why="see the run logs in BENCH_OUT/runs/s4-*"),
+        Row("4", "jobs cancelled on the endpoint / resubmitted", f"{canc_r} / {resub_r}",
+            f"{canc_b} / {max(r.run_calls - r.images for r in base)}", "", "0 cancelled",
+            canc_r == 0, why="the stall detector took queueing for a stall"),
+        Row("4", "makespan, s", _fmt(mk_r), _fmt(mk_b), _ratio(mk_r, mk_b), f"(ideal {ideal:g})"),
+        Row("4", "makespan / ideal", _ratio(mk_r, ideal, 3), _ratio(mk_b, ideal, 3)),
+        Row("4", "status requests per job", _fmt(spj_r), _fmt(spj_b), _ratio(spj_r, spj_b)),
+    ]
+    sc.data = {"ideal": ideal, "makespan": {"rpq": mk_r, "baseline": mk_b},
+               "done": {"rpq": done_r, "baseline": done_b}, "cancelled": canc_r,
+               "stall": s.s4_stall}
+    sc.detail = run_table(runs)
+    sc.notes.append(
+        "rpq calls a queued job stuck only once it has waited --max-queue-time (60 s) and "
+        "either the endpoint made no progress on the batch for that long or a job submitted "
+        f"after it has started; a {s.s4_stall:g} s stall and queueing behind the batch's own "
+        "jobs are neither, so it waits, as the settings say.")
+    sc.notes.append(
+        "The makespan is measured from the first /run, when the cold start begins; rpq's own "
+        "start-up is in the wall time of the per-run table.")
+    return sc
+
+
+def _median_time(cmd: list[str], runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
+                       timeout=120)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def make_metrics(path: Path, jobs: int, seed: int = 5) -> None:
+    """A job_metrics.json like a real run's: 8 workers, cold starts, a few failures."""
+    from rpq.metrics import JobRecord, summarize
+
+    rng = random.Random(seed)
+    start = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc).timestamp()
+    workers = [f"w{rng.getrandbits(40):010x}" for _ in range(8)]
+    kinds = [("worker_error", "FAILED", "CUDA out of memory"), ("timed_out", "TIMED_OUT",
+             "the endpoint timed the job out (executionTimeout or ttl)"),
+             ("no_output", "FAILED", "completed without a usable image: no image in output"),
+             ("http_error", "FAILED", "submit failed: run: HTTP 500: internal error")]
+    records = []
+    for n in range(jobs):
+        submit = start + n * 0.3 + rng.random()
+        cold = rng.random() < 0.02
+        queue = rng.lognormvariate(-0.5, 0.6) + (rng.uniform(8, 20) if cold else 0.0)
+        process = max(0.2, rng.gauss(2.5, 0.6))
+        doc: dict[str, Any] = {
+            "input": f"photos/batch{n // 500:02d}/IMG_{n:05d}.jpg",
+            "job_id": f"{rng.getrandbits(128):032x}-u1", "submit_time": round(submit, 3),
+            "queue_time": round(queue, 3), "process_time": round(process, 3),
+            "total_time": round(queue + process + rng.uniform(0.01, 0.2), 3),
+            "timestamp": datetime.fromtimestamp(submit + queue + process, timezone.utc)
+            .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "attempts": 1, "worker_id": rng.choice(workers), "endpoint": "abc123xyz",
+            "cold_start": cold, "status": "COMPLETED",
+            "outputs": [f"photos/batch{n // 500:02d}/IMG_{n:05d}.png"],
+        }
+        if rng.random() < 0.03:
+            kind, status, error = rng.choice(kinds)
+            doc.update(status=status, error_kind=kind, error=error, outputs=[])
+        records.append(doc)
+    stats = summarize([JobRecord.from_dict(d) for d in records])
+    first = datetime.fromtimestamp(start, timezone.utc)
+    run = {"rpq_version": "0.1.0", "start": first.isoformat(),
+           "end": (first + timedelta(seconds=jobs * 0.3 + 30)).isoformat(),
+           "endpoint": "abc123xyz", "requests": {"run": jobs, "status-sync": jobs + 40}}
+    path.write_text(json.dumps({"stats": stats, "jobs": records, "run": run}, indent=2))
+
+
+def scenario_5(ctx: Context) -> Scenario:
+    s = ctx.sizes
+    sc = Scenario("5", "Start-up", (
+        f"Wall time of the command, median of {s.s5_help_runs} runs (`rpq report`: "
+        f"{s.s5_report_runs}), on a generated {s.s5_report_jobs:,}-job job_metrics.json "
+        "(8 workers, 2% cold starts, 3% failures). Baseline column: `python -c 'import runpod'`, "
+        "what a script using the SDK pays before its first request."))
+    metrics = ctx.work / f"metrics-{s.s5_report_jobs}.json"
+    make_metrics(metrics, s.s5_report_jobs)
+    rpq = str(h.RPQ)
+    help_s = _median_time([rpq, "--help"], s.s5_help_runs)
+    batch_help = _median_time([rpq, "batch", "--help"], s.s5_help_runs)
+    report_s = _median_time([rpq, "report", str(metrics)], s.s5_report_runs)
+    report_json = _median_time([rpq, "report", str(metrics), "--json"], s.s5_report_runs)
+    bare = _median_time([str(h.PYTHON), "-c", "pass"], s.s5_help_runs)
+    sdk = _median_time([str(h.PYTHON), "-c", "import runpod"], max(3, s.s5_report_runs))
+    sc.rows += [
+        Row("5", "`rpq --help`, s", _fmt(help_s, 3), _fmt(sdk, 3) + " (import runpod)",
+            _ratio(help_s, sdk), f"< {S5_HELP_S:g}", help_s < S5_HELP_S,
+            why="`rpq.cli` imports Typer and every command module before parsing anything"),
+        Row("5", "`rpq batch --help`, s", _fmt(batch_help, 3), ""),
+        Row("5", f"`rpq report` on {s.s5_report_jobs:,} jobs, s", _fmt(report_s, 3), ""),
+        Row("5", f"`rpq report --json` on {s.s5_report_jobs:,} jobs, s", _fmt(report_json, 3),
+            ""),
+    ]
+    sc.data = {"help": help_s, "batch_help": batch_help, "report": report_s,
+               "report_json": report_json, "python": bare, "import_runpod": sdk}
+    sc.notes.append(f"A bare `python -c pass` from the same venv takes {bare:.3f} s.")
+    return sc
+
+
+def scenario_6(ctx: Context) -> Scenario:
+    import serve_bench
+
+    s = ctx.sizes
+    sc = Scenario("6", "The endpoint itself", (
+        f"bench/serve_bench.py: GET /status on finished jobs over keep-alive, `rpq serve` in "
+        f"its own process, {s.s6_seconds:g} s per round; the `requests` client is what rpq and "
+        "the SDK use, `http.client` costs the client far less CPU and so shows more of the "
+        "server's own ceiling. Client and server share the machine's cores."))
+    proc, url = serve_bench.start_server([])
+    rounds = []
+    try:
+        ids = serve_bench.make_jobs(url, s.s6_jobs)
+        for client in serve_bench.CLIENTS:
+            for threads in s.s6_threads:
+                rounds.append((client, serve_bench.hammer(url, ids, threads, s.s6_seconds, client)))
+    finally:
+        serve_bench.stop_server(proc)
+    best = max(r.per_second for _, r in rounds)
+    for client, r in rounds:
+        sc.rows.append(Row("6", f"status req/s, {client}, {r.threads} thread(s)",
+                           f"{r.per_second:,.0f}", "", "", f"p50 {r.p50_ms:.2f} ms, p99 "
+                           f"{r.p99_ms:.2f} ms, {r.errors} errors"))
+    sc.data = {"rounds": [{"client": c, **r.__dict__, "per_second": r.per_second}
+                          for c, r in rounds], "best": best}
+    sc.bounds.append(
+        f"The endpoint answers up to {best:,.0f} status requests per second (scenario 6), far "
+        "above what scenarios 1-4 ask of it (rpq makes about one long poll per job; the SDK "
+        "polls once a second per thread), so it does not bound them; RunPod's documented "
+        "limit of 2000 status requests per 10 s is lower than either.")
+    return sc
+
+
+SCENARIOS: dict[str, Callable[[Context], Scenario]] = {
+    "1": scenario_1, "2": scenario_2, "3": scenario_3, "4": scenario_4, "5": scenario_5,
+    "6": scenario_6,
+}
+
+
+# ---- the report --------------------------------------------------------------------------
+
+
+def summary_line(done: dict[str, Scenario], cpus: str = "?") -> str:
+    """One sentence for the README, from whatever scenarios ran."""
+    parts = []
+    if "1" in done:
+        d = done["1"].data
+        parts.append(
+            f"{d['images']} jobs {_over(d['makespan']['rpq'], d['ideal'])} the ideal makespan "
+            f"(runpod SDK loop: {_over(d['makespan']['baseline'], d['ideal'])})")
+    if "2" in done:
+        d = done["2"].data
+        parts.append(
+            f"{_fmt(d['status_per_job']['rpq'], 1)} status request per job (SDK: "
+            f"{_fmt(d['status_per_job']['baseline'], 1)}) and results on disk "
+            f"{_ms(d['lag_p95']['rpq'])} after the job ends at p95 (SDK: "
+            f"{_ms(d['lag_p95']['baseline'])})")
+    if "3" in done:
+        d = done["3"].data
+        sdk = ("all done" if d["baseline_large_done"] >= d["images"]
+               else f"{d['baseline_large_done']:,} done, the rest lost to HTTP 429")
+        parts.append(
+            f"{d['images']:,} images in {_fmt(d['rss']['large'], 0)} MB peak at "
+            f"{_fmt(d['jobs_per_second']['rpq'], 0)} jobs/s, paced under RunPod's /run limit "
+            f"(SDK loop: {sdk})")
+    if "4" in done:
+        d = done["4"].data
+        parts.append(
+            f"a cold start plus a {d['stall']:g} s stall ridden out with {d['cancelled']} "
+            f"job(s) cancelled, {_over(d['makespan']['rpq'], d['ideal'])} the ideal")
+    if "5" in done:
+        parts.append(f"`rpq --help` in {done['5'].data['help']:.2f} s")
+    if not parts:
+        return "No scenario ran."
+    return (f"rpq against a local endpoint on {cpus} CPUs: " + "; ".join(parts) + ".")
+
+
+def _over(value: float | None, ideal: float) -> str:
+    """'0.6% over' the ideal, or 'at' when not above it."""
+    if value is None:
+        return "n/a against"
+    return f"{100 * (value / ideal - 1):.1f}% over" if value > ideal else "at"
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def render(done: dict[str, Scenario], meta: dict[str, Any]) -> str:
+    m = meta["machine"]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"**Summary:** {summary_line(done, m['cpus'])}",
+        "",
+        f"Measured {m['date']} on {m['cpus']} CPUs ({m['cpu']}), {m['memory']} RAM, "
+        f"Python {m['python']}, {m['os']}; {meta['reps']} run(s) per figure, medians; "
+        f"{meta['minutes']:.1f} minutes in all{' (--quick sizes)' if meta['quick'] else ''}.",
+        "",
+        "Rerun: `make bench` (about 15 minutes; writes this file, raw figures in "
+        "`BENCH_OUT/results.json`, logs in `BENCH_OUT/runs/`), or "
+        "`.venv/bin/python bench/run_all.py --quick --markdown /tmp/b.md` for a one-minute smoke "
+        "run. `--only 1,3` runs a subset.",
+        "",
+        "## How it is measured",
+        "",
+        "- The endpoint is `rpq serve`'s LocalEndpoint in its own process "
+        "(`bench/endpoint_proc.py`), fresh for every client run, with RunPod's documented rate "
+        "limits, the `echo` handler plus a simulated processing time, and always-on workers "
+        "unless the scenario says otherwise. On SIGTERM it writes its request counts and "
+        "job timeline.",
+        "- rpq: `rpq batch DIR --out OUT --no-progress --concurrency N --fresh` as a separate "
+        "process, with RUNPOD_ENDPOINT_BASE_URL / RUNPOD_ENDPOINT_ID.",
+        "- Baseline (`bench/baseline_sdk.py`): what a user writes today with runpod 1.12.0: "
+        "`runpod.endpoint_url_base = BASE`, `runpod.Endpoint(ID)`, a ThreadPoolExecutor with the "
+        "same concurrency, each task `job = endpoint.run({\"input\": {\"image\": b64}})`, "
+        "`job.output(timeout=600)`, decode and write the image. Same images, same endpoint "
+        "settings; rpq and the baseline alternate who runs first.",
+        "- Makespan: first /run received by the endpoint to the last result written by the "
+        "client. Wall: the client command from spawn to exit. Detection lag: result on disk "
+        "(rpq's journal `end` event, the baseline's time after writing) minus the job's end on "
+        "the endpoint, on one clock (CLOCK_MONOTONIC, anchored to wall time in the snapshot). "
+        "Peak RSS and CPU of the client: wait4().",
+        "",
+        "## Figures",
+        "",
+        "| # | figure | rpq | baseline (runpod SDK) | rpq / baseline | target | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for sc in done.values():
+        for r in sc.rows:
+            met = "" if r.met is None else ("yes" if r.met else "**no**")
+            lines.append(f"| {r.scenario} | {r.figure} | {r.rpq} | {r.baseline} | {r.ratio} | "
+                         f"{r.target} | {met} |")
+    misses = [r for sc in done.values() for r in sc.rows if r.met is False]
+    lines += ["", "## Targets missed, and what bounds the figures", ""]
+    if misses:
+        for r in misses:
+            lines.append(f"- **Missed** (scenario {r.scenario}) {r.figure}: {r.rpq} against "
+                         f"the target {r.target}. Bound: {r.why}.")
+    else:
+        lines.append("- Every target was met in this run.")
+    for sc in done.values():
+        lines += [f"- {b}" for b in sc.bounds]
+    for sc in done.values():
+        lines += ["", f"## {sc.key}. {sc.title}", "", sc.setup, ""]
+        if sc.detail:
+            lines += [*sc.detail, ""]
+        lines += [f"- {n}" for n in sc.notes]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# ---- main --------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes and 1 repetition (a smoke run of a minute)")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions per figure")
+    parser.add_argument("--only", default="", help="scenarios to run, e.g. 1,3")
+    parser.add_argument("--work", type=Path, default=h.REPO / "BENCH_OUT",
+                        help="runs, logs, cached images and results.json go here")
+    parser.add_argument("--markdown", type=Path, default=h.REPO / "BENCHMARKS.md",
+                        help="where to write the report")
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    if args.reps is not None:
+        if args.reps < 1:
+            parser.error("--reps must be at least 1")
+        sizes = Sizes(**{**sizes.__dict__, "reps": args.reps})
+    wanted = [k.strip() for k in args.only.split(",") if k.strip()] or list(SCENARIOS)
+    unknown = [k for k in wanted if k not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(unknown)}; use 1-6")
+    args.work.mkdir(parents=True, exist_ok=True)
+
+    def log(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    ctx = Context(work=args.work, cache=args.work / "cache", sizes=sizes, log=log)
+    started = time.perf_counter()
+    done: dict[str, Scenario] = {}
+    for key in wanted:
+        log(f"scenario {key}: {SCENARIOS[key].__name__}")
+        done[key] = SCENARIOS[key](ctx)
+    meta = {"machine": h.machine(), "reps": sizes.reps, "quick": args.quick,
+            "minutes": (time.perf_counter() - started) / 60}
+    results = {"meta": meta, "summary": summary_line(done, meta["machine"]["cpus"]), "scenarios": {
+        k: {"title": sc.title, "rows": [r.__dict__ for r in sc.rows], "data": sc.data}
+        for k, sc in done.items()}}
+    (args.work / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    args.markdown.write_text(render(done, meta), encoding="utf-8")
+    log(f"wrote {args.markdown} ({meta['minutes']:.1f} min)")
+    log(results["summary"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
