@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from rpq import __version__
@@ -44,8 +47,20 @@ def _parse(resp: requests.Response) -> Any:
     try:
         return resp.json()
     except ValueError:
-        text = resp.text.strip()
-        return {"text": text[:500]}
+        return {"text": _plain(resp.text.strip())[:500]}
+
+
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^>]*>")
+
+
+def _plain(text: str) -> str:
+    """An HTML error page (a proxy's 502) as its title or its words, not its markup."""
+    if not text.startswith("<"):
+        return text
+    title = _TITLE.search(text)
+    words = " ".join((title.group(1) if title else _TAG.sub(" ", text)).split())
+    return f"an HTML page: {words}" if words else "an empty HTML page"
 
 
 def _describe(body: Any) -> str:
@@ -159,10 +174,17 @@ class RunPodClient:
             raise
         return reply.body if isinstance(reply.body, dict) else {}
 
-    def download(self, url: str, *, max_bytes: int, timeout: float) -> bytes:
-        """GET an output URL (http/https only, size-capped); no API key is sent with it."""
+    def download(
+        self, url: str, *, max_bytes: int, timeout: float, deadline: float | None = None
+    ) -> bytes:
+        """GET an output URL (http/https only, size-capped); no API key is sent with it.
+
+        `timeout` bounds the connection and each read; `deadline` (seconds) the whole
+        download, so a server that trickles bytes cannot hold it longer.
+        """
         if not url.lower().startswith(("http://", "https://")):
             raise APIError(f"refusing to download {url[:80]!r}: only http(s) URLs are fetched")
+        give_up = None if deadline is None else time.monotonic() + deadline
         try:
             with requests.get(
                 url, stream=True, timeout=(5.0, timeout), allow_redirects=True
@@ -170,9 +192,21 @@ class RunPodClient:
                 if resp.status_code >= 400:
                     raise APIError(f"download failed: HTTP {resp.status_code} for {url[:120]}",
                                    resp.status_code)
-                return b"".join(_capped(resp.iter_content(65536), max_bytes, url))
-        except requests.RequestException as exc:
-            raise TransportError(f"download failed for {url[:120]}: {type(exc).__name__}") from None
+                chunks = _capped(_arriving(resp), max_bytes, url)
+                data = []
+                for chunk in chunks:
+                    data.append(chunk)
+                    if give_up is not None and time.monotonic() > give_up:
+                        raise APIError(f"download of {url[:120]} took longer than "
+                                       f"{deadline:g} s; not saved")
+                return b"".join(data)
+        except requests.exceptions.InvalidSchema:
+            # The URL itself is http(s): a redirect led somewhere else (file:, ftp:, ...).
+            raise APIError(f"refusing to download {url[:120]}: it redirects to a URL that "
+                           "is not http(s)") from None
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+            raise TransportError(f"download failed for {url[:120]}: {type(exc).__name__}: "
+                                 f"{_short_cause(exc)}") from None
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -236,6 +270,16 @@ def _retry_after_header(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None
+
+
+def _arriving(resp: requests.Response) -> Iterator[bytes]:
+    """The body as it arrives: each piece is what one read from the socket brought."""
+    read1 = getattr(resp.raw, "read1", None)
+    if read1 is None:  # an older urllib3: whole chunks, as requests reads them
+        yield from resp.iter_content(65536)
+        return
+    while chunk := read1(65536, decode_content=True):
+        yield chunk
 
 
 def _capped(chunks: Iterator[bytes], limit: int, url: str) -> Iterator[bytes]:

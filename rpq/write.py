@@ -28,6 +28,7 @@ class ResultWriter:
         save_json: bool = False,
         download_max_bytes: int = 100 << 20,
         download_timeout: float = 60.0,
+        download_deadline: float = 600.0,
     ) -> None:
         self.out = out
         self._root = out.resolve()
@@ -36,6 +37,7 @@ class ResultWriter:
         self.save_json = save_json
         self.download_max_bytes = download_max_bytes
         self.download_timeout = download_timeout
+        self.download_deadline = download_deadline
         self._lock = threading.Lock()
         self._claims: dict[str, str] = {}  # output path (relative) -> input rel that owns it
 
@@ -93,7 +95,8 @@ class ResultWriter:
         if self.client is None:
             raise APIError("output is a URL but downloads are not available here")
         return self.client.download(
-            artifact.url, max_bytes=self.download_max_bytes, timeout=self.download_timeout
+            artifact.url, max_bytes=self.download_max_bytes, timeout=self.download_timeout,
+            deadline=self.download_deadline,
         )
 
     def _stem_for(self, rel: str, count: int, formats: list[str]) -> str:
