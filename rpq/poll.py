@@ -15,6 +15,7 @@ from rpq.submit import Caller
 
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
 STARTED = frozenset({"IN_PROGRESS", "RUNNING"})
+KNOWN = TERMINAL | STARTED | {"IN_QUEUE"}
 
 #: Longest a single long poll is held; short enough to notice a stall and refresh the table.
 MAX_LONG_POLL = 20.0
@@ -150,17 +151,20 @@ class Poller:
         status = "IN_QUEUE"
         delay = 0.0
         errors = 0
+        last_error: str | None = None  # why the latest poll failed, while it did
         while True:
             now = self._clock()
             if now - submitted_at >= self.max_wait:
                 reason = f"no result within --max-wait {self.max_wait:.0f}s"
-                return PollResult("max_wait", last, reason, started_at)
+                return PollResult("max_wait", last, _explain(reason, status, last_error),
+                                  started_at)
             if stop is not None and stop():
                 return PollResult("interrupted", last, "interrupted", started_at)
             if status not in STARTED:
                 stuck = self.detector.stuck(queued_since)
                 if stuck:
-                    return PollResult("stalled", last, stuck, started_at)
+                    return PollResult("stalled", last, _explain(stuck, status, last_error),
+                                      started_at)
             if delay > 0:
                 self._sleep(delay)
             long_poll = self._long_polls
@@ -182,13 +186,18 @@ class Poller:
                 if long_poll and exc.status in (400, 405, 501):
                     self._fall_back()
                     continue
-                if not is_transient(exc):
+                # A success status whose body is no job (a proxy's page, a torn body) is a
+                # glitch like a 502: asking again is harmless.
+                unreadable = exc.status is not None and 200 <= exc.status < 300
+                if not is_transient(exc) and not unreadable:
                     return PollResult("error", last, str(exc), started_at)
                 errors += 1
+                last_error = str(exc)
                 delay = min(30.0, 0.5 * 2 ** min(errors, 6)) if exc.retry_after is None else min(
                     exc.retry_after, 60.0)
                 continue
             errors = 0
+            last_error = None
             last = body
             new_status = str(body.get("status", ""))
             self.detector.observed(submitted_at, new_status)
@@ -244,3 +253,12 @@ class Poller:
             # Land just after the expected end: one request usually finds the job done.
             return min(remaining + 0.05, 10.0)
         return min(max(previous * 1.5, 0.2), 2.0)  # overdue: look again soon
+
+
+def _explain(reason: str, status: str, last_error: str | None) -> str:
+    """A stall or timeout reason, plus what the endpoint last said when that is the cause."""
+    if last_error:
+        return f"{reason}; last poll failed: {last_error}"
+    if status not in KNOWN:
+        return f"{reason}; the endpoint answered status {status[:40]!r}, not a RunPod job status"
+    return reason
