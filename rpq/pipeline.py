@@ -439,7 +439,8 @@ class Batch:
         except APIError as exc:
             self.journal.lost(job.key, "", "submit failed")
             self._move(job, "")
-            final = "" if is_transient(exc) else " (not retried: a 4xx is final)"
+            four_xx = exc.status is not None and 400 <= exc.status < 500
+            final = " (not retried: a 4xx is final)" if four_xx and not is_transient(exc) else ""
             self._record(job.key, JobRecord(
                 input=job.rel, status="FAILED", attempts=job.attempts, error_kind="http_error",
                 error=f"submit failed: {exc}{final}", submit_time=round(submit_wall, 3),
