@@ -439,3 +439,88 @@ def test_a_50_mb_output_is_saved_whole(tmp_path: Path, make_endpoint: Callable[.
     assert (out / "huge.bmp").read_bytes() == big.read_bytes()
     assert decodes(out / "huge.bmp") and decodes(out / "good-1.png")
     assert _leftover_parts(out) == []
+
+
+# --- garbage from the queue API itself --------------------------------------------------------
+
+
+def _garbage(op: str, job: FakeJob | None) -> Reply | str | None:
+    """The answer each image's jobs get, chosen by the image's name."""
+    name = job.name if job is not None else ""
+    if op == "run":
+        if name == "run-notjson":
+            return Reply(200, "this is not json", "text/plain")
+        if name == "run-html502":
+            return Reply(502, HTML_502, "text/html")
+        if name == "run-noid":
+            return Reply(200, {"status": "IN_QUEUE"})
+        return None
+    if op not in ("status", "status-sync") or job is None or job.cancelled:
+        return None
+    if name == "st-notjson":
+        return Reply(200, "{not json", "text/plain")
+    if name == "st-glitch" and job.polls == 1:
+        return Reply(200, "<html><body>upstream hiccup</body></html>", "text/html")
+    if name == "st-html502":
+        return Reply(502, HTML_502, "text/html")
+    if name == "st-nostatus":
+        return Reply(200, {"id": job.id, "output": None})
+    if name == "st-weird":
+        return Reply(200, {"id": job.id, "status": "DONE"})
+    if name == "st-nooutput":
+        return Reply(200, {"id": job.id, "status": "COMPLETED"})
+    if name == "st-list":
+        return Reply(200, [{"id": job.id, "status": "COMPLETED"}])
+    if name == "st-drop":
+        return DROP
+    return None
+
+
+@pytest.mark.timeout(90)
+def test_garbage_from_the_queue_api_fails_only_its_image(
+        tmp_path: Path, fake_endpoint: Callable[[Script], FakeEndpoint]) -> None:
+    names = ["good-1", "run-notjson", "run-html502", "run-noid", "st-notjson", "st-glitch",
+             "st-html502", "st-nostatus", "st-weird", "st-nooutput", "st-list", "st-drop",
+             "good-2"]
+    fake = fake_endpoint(_garbage)
+    src, out, template = _images(tmp_path, names)
+    run = rpq(*batch_args(src, out, "--input-template", template, "--max-retries", "2",
+                          "--max-queue-time", "3", "--job-retries", "0", "--max-wait", "30"),
+              env=fake.env())
+    assert run.code == 1, run.stderr
+    jobs = _jobs(out)
+    assert sorted(jobs) == sorted(f"{n}.png" for n in names)
+    for name in ("good-1", "good-2", "st-glitch"):  # a single unreadable answer is a glitch
+        assert jobs[f"{name}.png"]["status"] == "COMPLETED", jobs[f"{name}.png"]
+        assert decodes(out / f"{name}.png")
+    # What each job's record says; the same words are on the image's stderr line.
+    expected = {
+        "run-notjson": ["without a job id", "this is not json"],
+        "run-html502": ["HTTP 502", "an HTML page: 502 Bad Gateway"],
+        "run-noid": ["without a job id"],
+        "st-notjson": ["has no status", "{not json"],
+        "st-html502": ["HTTP 502", "an HTML page: 502 Bad Gateway"],
+        "st-nostatus": ["has no status"],
+        "st-weird": ["'DONE'", "not a RunPod job status"],
+        "st-nooutput": ["output is empty"],
+        "st-list": ["has no status"],
+        "st-drop": ["RemoteDisconnected"],
+    }
+    lines = run.stderr.splitlines()
+    for name, words in expected.items():
+        job = jobs[f"{name}.png"]
+        assert job["status"] != "COMPLETED", job
+        for word in words:
+            assert word in job["error"], (name, word, job["error"])
+            assert any(f"{name}.png" in line and word in line for line in lines), (name, word)
+        assert "<html" not in job["error"].lower() and "4xx" not in job["error"]
+        if name.startswith("st-"):
+            assert job["job_id"]  # the job is named, and was cancelled, not left behind
+            assert fake.jobs[job["job_id"]].cancelled or job["status"] == "FAILED"
+    # Every job the endpoint took ended (completed, or cancelled by rpq).
+    for job in fake.jobs.values():
+        if job.name.startswith("st-") and job.name not in ("st-glitch", "st-nooutput"):
+            assert job.cancelled, job
+    assert _files_outside(tmp_path / "work", out) == []
+    assert sorted(p.name for p in out.glob("*.png")) == ["good-1.png", "good-2.png",
+                                                         "st-glitch.png"]
