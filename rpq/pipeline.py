@@ -570,7 +570,7 @@ class Batch:
                 record = JobRecord(input=rel, status="FAILED", error=f"could not copy the "
                                    f"result of {record.input}: {exc}", error_kind="no_output",
                                    timestamp=now_iso(self.wall()))
-            record.input = rel
+        record.input = rel  # a failure is reported under each copy's own name too
         self.tracker.add("skipped")
         self._report(record, count=False)
 
