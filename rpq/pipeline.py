@@ -31,6 +31,8 @@ from rpq.submit import Caller
 from rpq.template import RequestTemplate
 from rpq.write import ResultWriter
 
+#: What /cancel answers for a job that ended before it could be cancelled.
+_ENDED = frozenset({"COMPLETED", "FAILED", "TIMED_OUT"})
 #: RunPod's documented /run body limit.
 RUN_BODY_LIMIT = 10 * 1000 * 1000
 HEALTH_EVERY = 5.0
@@ -404,7 +406,11 @@ class Batch:
                 result = self._wait(job, caller, job_id, endpoint)
                 moving = job_id in self._migrate
                 if result.outcome == "interrupted" and moving and body is not None:
-                    self._cancel(job.key, job_id, endpoint, f"moved to {self.active}")
+                    answer = self._cancel(job.key, job_id, endpoint, f"moved to {self.active}")
+                    with self._lock:
+                        self._migrate.discard(job_id)
+                    if answer in _ENDED:
+                        continue  # it ended before it could be moved: collect that result
                     job.cancelled.append(job_id)
                     job_id = None
                     continue
@@ -413,7 +419,12 @@ class Batch:
                     if resubmits_left > 0 or self.active != endpoint:
                         if self.active == endpoint:
                             resubmits_left -= 1
-                        self._cancel(job.key, job_id, endpoint, f"stalled: {result.reason}")
+                        answer = self._cancel(job.key, job_id, endpoint,
+                                              f"stalled: {result.reason}")
+                        if answer in _ENDED:
+                            # It ran after all, since our last look (a poll may have failed):
+                            # collect that result rather than pay for the image twice.
+                            continue
                         job.cancelled.append(job_id)
                         self.tracker.add("retried")
                         self.tracker.error(f"{job.rel}: {result.reason}; cancelled and "
