@@ -524,3 +524,31 @@ def test_garbage_from_the_queue_api_fails_only_its_image(
     assert _files_outside(tmp_path / "work", out) == []
     assert sorted(p.name for p in out.glob("*.png")) == ["good-1.png", "good-2.png",
                                                          "st-glitch.png"]
+
+
+@pytest.mark.timeout(60)
+def test_a_stalled_job_that_finished_meanwhile_is_collected_not_sent_again(
+        tmp_path: Path, fake_endpoint: Callable[[Script], FakeEndpoint]) -> None:
+    # Every poll fails, so rpq believes the job still queued and cancels it as stalled; but it
+    # ran meanwhile, and /cancel says COMPLETED. Its result is collected; nothing is resent.
+    finished: set[str] = set()
+
+    def script(op: str, job: FakeJob | None) -> Reply | None:
+        if job is None:
+            return None
+        if op == "cancel":
+            finished.add(job.id)
+            return Reply(200, {"id": job.id, "status": "COMPLETED"})
+        if op in ("status", "status-sync") and job.id not in finished:
+            return Reply(500, {"error": "upstream timeout"})
+        return None
+
+    fake = fake_endpoint(script)
+    src, out, template = _images(tmp_path, ["raced"])
+    run = rpq(*batch_args(src, out, "--input-template", template, "--max-queue-time", "1"),
+              env=fake.env())
+    assert run.code == 0, run.stderr
+    assert fake.calls["run"] == 1
+    assert (out / "raced.png").read_bytes() == (src / "raced.png").read_bytes()
+    job = _jobs(out)["raced.png"]
+    assert job["status"] == "COMPLETED" and job["attempts"] == 1
