@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import warnings
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -63,6 +64,7 @@ class ResultWriter:
                     f"output image {i + 1} is not a recognised image format "
                     f"({len(blob)} bytes starting {blob[:8]!r})"
                 )
+            _check_decodes(blob, fmt, i + 1)
             formats.append(fmt)
         stem = self._stem_for(rel, len(blobs), formats)
         written = []
@@ -126,3 +128,26 @@ class ResultWriter:
             raise OutputError(f"refusing to write {name!r}: it lies outside {self.out}")
         atomic_write(target, data)
         return name
+
+
+def _check_decodes(blob: bytes, fmt: str, index: int) -> None:
+    """Bytes that merely start like an image are not one: decode fully before saving."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            # Up to Pillow's hard limit (about 179 MP): large upscales are legitimate outputs.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(blob)) as im:
+                im.load()
+    except Image.DecompressionBombError:
+        raise OutputError(
+            f"output image {index} has more pixels than rpq decodes to check; not saved"
+        ) from None
+    except Exception as exc:  # Pillow raises many types for broken data
+        raise OutputError(
+            f"output image {index} looks like {fmt.upper()} but does not decode "
+            f"({type(exc).__name__}: {str(exc)[:120]}); not saved"
+        ) from None

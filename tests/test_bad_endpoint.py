@@ -376,8 +376,6 @@ def test_bad_outputs_fail_their_image_only(tmp_path: Path, make_endpoint: Callab
     assert _leftover_parts(out) == []
 
 
-@pytest.mark.xfail(strict=True, reason="the writer checks an output's magic bytes only: bytes "
-                   "that start like a GIF but do not decode are saved and the job is COMPLETED")
 def test_output_with_image_magic_that_does_not_decode_is_a_failure(
         tmp_path: Path, make_endpoint: Callable[..., Any]) -> None:
     src, out, template = _images(tmp_path, ["b64magic", "good"])
