@@ -107,7 +107,9 @@ class Journal:
                     and isinstance(answer, dict) and answer.get("status") == "CANCELLED"):
                 entry.state = "cancelled"  # gone from the endpoint: a rerun sends it again
         elif kind == "lost":
-            entry.state = "intent"
+            # The endpoint no longer has the job (expired, cancelled, or it restarted): a rerun
+            # sends it again. Not an orphan: its submit was answered.
+            entry.state = "cancelled"
             entry.job_id = None
         elif kind == "end":
             record = event.get("record")

@@ -504,8 +504,6 @@ class Batch:
             return JobRecord(status=status, error=f"{result.reason}; cancel: {answer}",
                              error_kind=kind, **base)
         if result.outcome == "expired":
-            assert self.journal is not None
-            self.journal.lost(job.key, job_id, "expired")
             return JobRecord(status="FAILED", error=result.reason, error_kind="expired", **base)
         if result.outcome != "terminal":
             return JobRecord(status="FAILED", error=result.reason, error_kind="http_error",
@@ -615,9 +613,10 @@ class Batch:
 
     def _record(self, key: str | None, record: JobRecord) -> None:
         if key is not None and self.journal is not None:
-            if record.error_kind == "cancelled" and record.job_id:
-                # Cancelled (Ctrl-C, `rpq cancel`): not an outcome; a rerun sends it again.
-                self.journal.lost(key, record.job_id, "cancelled")
+            if record.error_kind in ("cancelled", "expired") and record.job_id:
+                # Cancelled (Ctrl-C, `rpq cancel`) or lost by the endpoint (expired, or it
+                # restarted): not an outcome of the image; a rerun sends it again.
+                self.journal.lost(key, record.job_id, record.error_kind)
             else:
                 self.journal.end(key, record.to_dict())
         self.tracker.add("done" if record.status == "COMPLETED" else
