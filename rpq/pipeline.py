@@ -91,6 +91,7 @@ class _Job:
         self.attempts = attempts
         self.state = ""  # tracker column this job is counted in
         self.cancelled: list[str] = []
+        self.refetch = False  # its result could not be saved here: a rerun fetches it again
 
 
 class Batch:
@@ -317,6 +318,13 @@ class Batch:
         """A job's unexpected exception becomes that job's failure, never the batch's."""
         try:
             fn(item)
+        except OSError as exc:
+            # Writing the journal failed (a full disk, a folder made read-only).
+            rel = getattr(item, "rel", "?")
+            self._record(None, JobRecord(input=rel, status="FAILED",
+                                         error=f"could not write to {self.s.out}: "
+                                         f"{exc.strerror or exc}", error_kind="no_output",
+                                         timestamp=now_iso(self.wall())))
         except Exception as exc:
             rel = getattr(item, "rel", "?")
             self._record(None, JobRecord(input=rel, status="FAILED",
@@ -436,7 +444,9 @@ class Batch:
             record = self._conclude(job, job_id, endpoint, result, submit_wall, submit_mono)
             if job.cancelled and record.error:
                 record.error += f" (earlier attempts cancelled: {', '.join(job.cancelled)})"
-            self._record(job.key, record)
+            # A result that could not be saved stays in flight in the journal: the endpoint
+            # still has it, and a rerun fetches it instead of paying for the image again.
+            self._record(None if job.refetch else job.key, record)
         finally:
             self._move(job, "")
 
@@ -515,9 +525,13 @@ class Batch:
             except OutputError as exc:
                 return JobRecord(status="FAILED", error=f"completed without a usable image: {exc}",
                                  error_kind="no_output", **base)
-            except (APIError, OSError) as exc:
-                text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-                return JobRecord(status="FAILED", error=f"could not save the result: {text}",
+            except OSError as exc:
+                job.refetch = True
+                return JobRecord(status="FAILED", error=f"could not save the result: "
+                                 f"{exc.strerror or exc}; a rerun fetches it again",
+                                 error_kind="no_output", **base)
+            except APIError as exc:
+                return JobRecord(status="FAILED", error=f"could not save the result: {exc}",
                                  error_kind="no_output", **base)
             return JobRecord(status="COMPLETED", outputs=outputs, **base)
         if status == "FAILED":
@@ -672,10 +686,19 @@ class Batch:
             "estimated_cost": None if self.guards.spend is None else round(self.guards.spend, 6),
             "settings": self.s.public(),
         }
-        write_metrics(self.s.metrics_path, self.records, run)
+        unsaved: OSError | None = None
+        try:
+            write_metrics(self.s.metrics_path, self.records, run)
+        except OSError as exc:  # a full disk, a folder made read-only
+            unsaved = exc
         self.guards.summary(stats, self.interrupted, self.stop_reason)
         if self.guards.alerter is not None:
             self.guards.alerter.close()
+        if unsaved is not None:
+            raise RpqError(f"could not write {self.s.metrics_path}: "
+                           f"{unsaved.strerror or unsaved}. The journal in {self.s.out} keeps "
+                           "what was done: make room (or fix the permissions) and rerun the "
+                           "same command.")
         return {"stats": stats, "run": run, "metrics": str(self.s.metrics_path),
                 "out": str(self.s.out)}
 
