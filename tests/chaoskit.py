@@ -298,6 +298,27 @@ def _lines(path: Path) -> int:
         return 0
 
 
+def resubmitted_while_held(path: Path) -> list[str]:
+    """Journal lines that show a job sent again while the endpoint had its earlier one: an
+    `intent` after a `submitted` with no end, loss or confirmed cancel in between."""
+    problems = []
+    last: dict[str, str] = {}
+    with path.open("rb") as fh:
+        for raw in fh:
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                continue  # a line torn by a kill
+            key, kind = event.get("key"), event.get("event")
+            if kind == "intent" and last.get(key) in ("submitted", "end"):
+                problems.append(f"{event.get('rel')}: sent again after {last[key]}")
+            if kind in ("intent", "submitted", "end", "lost"):
+                last[key] = kind
+            elif kind == "cancel" and _said_cancelled(event.get("answer")):
+                last[key] = "cancelled"
+    return problems
+
+
 def kill_loop(work: Path, *, images: int, seed: int, kills: int = 20, workers: int = 4,
               process_time: tuple[float, float] = (0.02, 0.1)) -> Outcome:
     """SIGKILL `rpq batch` at `kills` seeded moments (after k more /run calls, status polls,
@@ -370,6 +391,8 @@ def kill_loop(work: Path, *, images: int, seed: int, kills: int = 20, workers: i
             check(n <= 1 + orphaned[name],
                   f"{name}: {n} jobs on the server, {orphaned[name]} orphaned submit(s)")
         check(not [j for j in jobs if j["status"] in ACTIVE], "jobs left queued or running")
+        for problem in resubmitted_while_held(out / JOURNAL_NAME):
+            check(False, problem)
         journal = Journal(out / JOURNAL_NAME)
         check(all(e.state == "done" for e in journal.entries.values())
               and len(journal.entries) == len(sent),
@@ -388,3 +411,7 @@ def kill_loop(work: Path, *, images: int, seed: int, kills: int = 20, workers: i
     finally:
         ep.stop()
     return outcome
+
+
+def _said_cancelled(answer: object) -> bool:
+    return isinstance(answer, dict) and answer.get("status") == "CANCELLED"
