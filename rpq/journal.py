@@ -41,6 +41,32 @@ class Entry:
         return self.state == "submitted" and self.job_id is not None
 
 
+def _is_text(value: object) -> bool:
+    return isinstance(value, str)
+
+
+def _well_formed(event: dict[str, Any]) -> bool:
+    """Whether a line has the fields its event needs, of the types rpq writes. A damaged or
+    hand-edited line that does not is skipped like a torn one, never a crash at startup."""
+    if not _is_text(event.get("key")) or not _is_text(event.get("rel", "")):
+        return False
+    kind = event.get("event")
+    if kind == "intent":
+        attempt = event.get("attempt", 0)
+        return isinstance(attempt, int) and not isinstance(attempt, bool) and attempt >= 0
+    if kind == "submitted":
+        return (_is_text(event.get("job_id")) and bool(event["job_id"])
+                and all(event.get(k) is None or _is_text(event[k])
+                        for k in ("endpoint", "base_url")))
+    if kind == "end":
+        record = event.get("record")
+        if not isinstance(record, dict):
+            return False
+        outputs = record.get("outputs") or []
+        return isinstance(outputs, list) and all(_is_text(o) for o in outputs)
+    return True  # cancel and lost only add notes; unknown events are ignored
+
+
 class Journal:
     """Append-only JSON lines, one write() per event; safe against a crash at any moment.
 
@@ -70,10 +96,10 @@ class Journal:
                 for raw in fh:
                     try:
                         event = json.loads(raw)
-                    except ValueError:
+                    except (ValueError, RecursionError):
                         self.torn_lines += 1
                         continue
-                    if isinstance(event, dict) and isinstance(event.get("key"), str):
+                    if isinstance(event, dict) and _well_formed(event):
                         yield event
                     else:
                         self.torn_lines += 1
