@@ -23,6 +23,7 @@ REPO = BENCH.parent
 PYTHON = Path(sys.executable)
 RPQ = PYTHON.with_name("rpq")
 ENDPOINT_ID = "bench"
+RSS_EVERY = 0.25  # seconds between VmRSS samples of a running client
 
 
 # ---- the machine -------------------------------------------------------------------------
@@ -166,6 +167,7 @@ class Measured:
     max_rss_mb: float
     cpu_seconds: float
     log: Path
+    rss_samples: list[tuple[float, float]] = field(default_factory=list)  # (wall, MB)
 
 
 def run_measured(cmd: list[str], env: dict[str, str], log: Path, timeout: float) -> Measured:
@@ -180,7 +182,13 @@ def run_measured(cmd: list[str], env: dict[str, str], log: Path, timeout: float)
         box: list[tuple[int, int, Any]] = []
         waiter = threading.Thread(target=lambda: box.append(os.wait4(proc.pid, 0)), daemon=True)
         waiter.start()
-        waiter.join(timeout)
+        samples: list[tuple[float, float]] = []
+        deadline = start + timeout
+        while not box and time.perf_counter() < deadline:
+            rss = _vm_rss_mb(proc.pid)
+            if rss is not None:
+                samples.append((time.time(), rss))
+            waiter.join(min(RSS_EVERY, max(0.0, deadline - time.perf_counter())))
         if not box:
             os.kill(proc.pid, signal.SIGKILL)  # not proc.kill(): it would reap the child
             waiter.join(30)
@@ -194,7 +202,18 @@ def run_measured(cmd: list[str], env: dict[str, str], log: Path, timeout: float)
     proc.returncode = code  # reaped here, so Popen must not wait for it again
     return Measured(code=code, wall=wall, start_wall=start_wall, end_wall=end_wall,
                     max_rss_mb=usage.ru_maxrss / 1024, cpu_seconds=usage.ru_utime + usage.ru_stime,
-                    log=log)
+                    log=log, rss_samples=samples)
+
+
+def _vm_rss_mb(pid: int) -> float | None:
+    """Resident set size of a running process, from /proc (None once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def rpq_batch(folder: Path, out: Path, env: dict[str, str], concurrency: int,
@@ -232,6 +251,7 @@ class RunFigures:
     lags: list[float]
     cancelled_on_server: int
     max_rss_mb: float
+    rss_during_jobs_mb: float | None  # highest VmRSS sample up to the last result
     cpu_seconds: float
     server_cpu_seconds: float
     exit_code: int
@@ -294,6 +314,7 @@ def _common(client: str, images: int, measured: Measured, snapshot: dict[str, An
         if done is not None and finished is not None and job["status"] == "COMPLETED":
             lags.append(done - finished)
     status_calls = calls.get("status", 0) + calls.get("status-sync", 0)
+    during = [mb for t, mb in measured.rss_samples if t <= last_result]
     return RunFigures(
         client=client,
         images=images,
@@ -308,6 +329,7 @@ def _common(client: str, images: int, measured: Measured, snapshot: dict[str, An
         lags=lags,
         cancelled_on_server=sum(1 for j in jobs if j["status"] == "CANCELLED"),
         max_rss_mb=measured.max_rss_mb,
+        rss_during_jobs_mb=max(during, default=None),
         cpu_seconds=measured.cpu_seconds,
         server_cpu_seconds=snapshot.get("server_cpu_seconds", 0.0),
         exit_code=measured.code,

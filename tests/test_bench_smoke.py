@@ -49,6 +49,7 @@ def test_run_all_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert d2["status_per_job"]["rpq"] > 0 and d2["lag_p95"]["rpq"] is not None
     assert d3["baseline_large_done"] > 0 and d3["rpq_large_done"] == d3["images"]
     assert d3["rss"]["large"] > 0 and d3["jobs_per_second"]["unpaced"] > 0
+    assert d3["rss"]["during_large"] > 0 and d3["rss"]["growth_per_1000"] is not None
     assert d4["done"] == {"rpq": 12, "baseline": 12} and d4["cancelled"] == 0
     for key in "1234":
         baseline_cells = [r["baseline"] for r in scenarios[key]["rows"] if r["baseline"]]
