@@ -7,11 +7,12 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from rpq import __version__
@@ -110,6 +111,10 @@ class Batch:
         self.s = settings
         self.reporter = reporter
         self.clock, self.wall, self.sleep = clock, wall, sleep
+        self._out_rel = _inside(settings.out, settings.root)
+        if self._out_rel == ".":
+            raise UsageError(f"--out {settings.out} is the input folder: results named like "
+                             "their inputs would replace them. Pass another folder.")
         ep = settings.endpoint
         self.client = client or RunPodClient(
             ep.base_url, ep.endpoint_id, ep.api_key, pool_size=settings.concurrency + 8
@@ -203,7 +208,7 @@ class Batch:
         images: list[dict[str, Any]] = []
         preview: dict[str, Any] | None = None
         skipped = []
-        for item in discover(self.s.root, self.s.include, self.s.exclude, self.s.recursive):
+        for item in self._discover():
             if isinstance(item, Skipped):
                 skipped.append({"file": item.rel, "reason": item.reason})
                 continue
@@ -280,8 +285,14 @@ class Batch:
     # -- dispatch ---------------------------------------------------------------------------
 
     def _count(self) -> int:
-        return sum(1 for _ in discover(self.s.root, self.s.include, self.s.exclude,
-                                       self.s.recursive))
+        return sum(1 for _ in self._discover())
+
+    def _discover(self) -> Iterator[ImageFile | Skipped]:
+        """The input folder's images; never what is in the output folder, if it lies inside."""
+        inner = self._out_rel
+        for item in discover(self.s.root, self.s.include, self.s.exclude, self.s.recursive):
+            if inner is None or (item.rel != inner and not item.rel.startswith(inner + "/")):
+                yield item
 
     def _dispatch(self) -> None:
         slots = threading.BoundedSemaphore(self.s.concurrency * 2)
@@ -301,7 +312,7 @@ class Batch:
                 fut.add_done_callback(done)
                 return True
 
-            for item in discover(self.s.root, self.s.include, self.s.exclude, self.s.recursive):
+            for item in self._discover():
                 if self._stop.is_set() or not launch(self._guard, self._one, item):
                     break
             # Jobs the journal shows in flight whose file is gone from the folder.
@@ -701,6 +712,14 @@ class Batch:
                            "same command.")
         return {"stats": stats, "run": run, "metrics": str(self.s.metrics_path),
                 "out": str(self.s.out)}
+
+
+def _inside(out: Path, root: Path) -> str | None:
+    """The output folder's path relative to the input folder, when it lies inside it."""
+    try:
+        return out.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return None
 
 
 def _ms(value: object) -> float | None:
