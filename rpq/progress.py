@@ -106,7 +106,17 @@ def _secs(value: float | None) -> str:
 
 
 def describe(record: JobRecord, skipped: bool = False) -> str:
-    """One plain line per finished job."""
+    """One plain line per finished job (a newline in a file name is shown as \\n)."""
+    return _one_line(_describe(record, skipped))
+
+
+def _one_line(text: str) -> str:
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def _describe(record: JobRecord, skipped: bool) -> str:
     if skipped:
         state = "done" if record.status == "COMPLETED" else "failed"
         return f"skip    {record.input} ({state} in an earlier run)"
