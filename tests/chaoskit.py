@@ -8,16 +8,22 @@ did not hold (empty when everything held).
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
 import random
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import traceback
+import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -415,3 +421,81 @@ def kill_loop(work: Path, *, images: int, seed: int, kills: int = 20, workers: i
 
 def _said_cancelled(answer: object) -> bool:
     return isinstance(answer, dict) and answer.get("status") == "CANCELLED"
+
+
+# --- running the CLI as an unprivileged user ---------------------------------------------------
+
+NOBODY = 65534
+
+
+@contextlib.contextmanager
+def shared_folder() -> Iterator[Path]:
+    """A folder the user `nobody` can reach (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="rpq-shared-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        for parent, dirs, _files in os.walk(path):
+            for name in dirs:
+                os.chmod(os.path.join(parent, name), 0o755)
+        shutil.rmtree(path)
+
+
+def as_nobody_in_a_fork(argv: list[str], env: dict[str, str], log: Path,
+                        timeout: float = 60) -> int:
+    """Run the CLI in a forked child, as the unprivileged user `nobody` when we are root (root
+    ignores file modes); the parent's threads (an endpoint) keep serving. Every module the
+    run needs must be imported already: the child cannot read root's files. Returns the exit
+    code; stdout and stderr go to `log`."""
+    import rpq.cli
+
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():
+        # Python >= 3.12 warns about fork() with threads; the child runs only the CLI.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # child: never return into pytest
+        code = 70
+        try:
+            os.close(read_end)
+            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            if os.geteuid() == 0:
+                os.setgroups([])
+                os.setgid(NOBODY)
+                os.setuid(NOBODY)
+            os.environ.update(env)
+            sys.argv = ["rpq", *argv]
+            sys.stdout = io.TextIOWrapper(os.fdopen(1, "wb", buffering=0), write_through=True)
+            sys.stderr = io.TextIOWrapper(os.fdopen(2, "wb", buffering=0), write_through=True)
+            try:
+                rpq.cli.main()
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os.write(write_end, str(code).encode())
+            os._exit(code)
+    os.close(write_end)
+    status: list[int] = []
+
+    def reaped() -> bool:
+        done, st = os.waitpid(pid, os.WNOHANG)
+        if done:
+            status.append(st)
+        return bool(done)
+
+    try:
+        wait_for(reaped, timeout=timeout, message="the unprivileged run to end")
+    except AssertionError:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+    finally:
+        with os.fdopen(read_end) as pipe:
+            said = pipe.read()
+    return int(said) if said else os.waitstatus_to_exitcode(status[0])

@@ -6,12 +6,14 @@ tests/test_template.py the units.)"""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from batchkit import batch_args, endpoint_env, rpq
+from chaoskit import NOBODY, as_nobody_in_a_fork, shared_folder
 from imaging import decodes, jpeg_bytes, make_images, png_bytes
 from PIL import Image
 
@@ -163,3 +165,38 @@ def test_an_invalid_config_file_is_named_without_its_content(
     assert str(config) in run.stderr and "not valid TOML" in run.stderr
     assert "rpq_SECRET_1234" not in run.stderr + run.stdout
     assert ep.calls()["run"] == 0
+
+
+def test_unreadable_file_and_folder_are_reported_and_skipped(
+        make_endpoint: Callable[..., Any]) -> None:
+    # File modes do not stop root: the batch runs as the user nobody (see chaoskit).
+    ep = make_endpoint(handler="echo")
+    with shared_folder() as shared:
+        src, out = shared / "in", shared / "out"
+        src.mkdir()
+        (src / "ok.png").write_bytes(png_bytes(1))
+        (src / "locked.png").write_bytes(png_bytes(2))
+        (src / "private").mkdir()
+        (src / "private" / "p.png").write_bytes(png_bytes(3))
+        for path in (src / "ok.png", src / "private" / "p.png"):
+            path.chmod(0o644)
+        (src / "locked.png").chmod(0o000)
+        (src / "private").chmod(0o700)
+        out.mkdir()
+        os.chown(out, NOBODY, NOBODY)
+        env = {**endpoint_env(ep), "HOME": str(shared)}
+        args = [str(a) for a in batch_args(src, out)]
+        warm = rpq(*batch_args(src, shared / "warm", "--include", "ok.png"), env=env)
+        assert warm.code == 0, warm.stderr  # every module loaded before the fork
+        log = shared / "log"
+        code = as_nobody_in_a_fork(args, env, log)
+        stderr = log.read_text()
+        assert code == 1, stderr
+        jobs = _jobs(out)
+        assert jobs["ok.png"]["status"] == "COMPLETED"
+        for name in ("locked.png", "private"):
+            assert jobs[name]["error_kind"] == "bad_input", jobs[name]
+            assert "permission denied" in jobs[name]["error"].lower()
+            assert any(name in line and "permission denied" in line.lower()
+                       for line in stderr.splitlines()), name
+        assert "Traceback" not in stderr

@@ -5,32 +5,35 @@ for, no output file half-written, nothing paid twice, and a rerun finishes the w
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import re
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
-import time
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from batchkit import batch_args, endpoint_env, rpq
-from chaoskit import kill_loop, leftover_parts, make_unique_images, output_files, unique_png
+from chaoskit import (
+    NOBODY,
+    as_nobody_in_a_fork,
+    kill_loop,
+    leftover_parts,
+    make_unique_images,
+    output_files,
+    shared_folder,
+    unique_png,
+)
 from helpers import wait_for
 from PIL import Image
 
 from rpq.journal import JOURNAL_NAME, Journal
-
-NOBODY = 65534
 
 
 def _jobs(out: Path) -> dict[str, dict[str, Any]]:
@@ -172,67 +175,10 @@ def test_a_full_disk_is_reported_and_a_rerun_finishes(tmp_path: Path, make_endpo
 # --- the output folder made read-only mid-run -------------------------------------------------
 
 
-def _as_nobody_in_a_fork(argv: list[str], env: dict[str, str], log: Path) -> int:
-    """Run the CLI in a forked child as the unprivileged user `nobody` (root ignores file
-    modes); the parent's threads (the endpoint) keep serving. Returns the exit code."""
-    import rpq.cli
-
-    read_end, write_end = os.pipe()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:  # child: never return into pytest
-        code = 70
-        try:
-            os.close(read_end)
-            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
-            if os.geteuid() == 0:
-                os.setgroups([])
-                os.setgid(NOBODY)
-                os.setuid(NOBODY)
-            os.environ.update(env)
-            sys.argv = ["rpq", *argv]
-            sys.stdout = io.TextIOWrapper(os.fdopen(1, "wb", buffering=0), write_through=True)
-            sys.stderr = io.TextIOWrapper(os.fdopen(2, "wb", buffering=0), write_through=True)
-            try:
-                rpq.cli.main()
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()
-        finally:
-            os.write(write_end, str(code).encode())
-            os._exit(code)
-    os.close(write_end)
-    deadline = time.monotonic() + 60
-    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail("the unprivileged batch did not finish in 60 s")
-        time.sleep(0.01)
-    with os.fdopen(read_end) as pipe:
-        said = pipe.read()
-    return int(said) if said else os.waitstatus_to_exitcode(done[1])
-
-
 @pytest.fixture
 def shared_dir() -> Iterator[Path]:
-    """A folder the user `nobody` can reach (pytest's tmp_path is private to root)."""
-    path = Path(tempfile.mkdtemp(prefix="rpq-ro-"))
-    path.chmod(0o755)
-    try:
+    with shared_folder() as path:
         yield path
-    finally:
-        for parent, dirs, _files in os.walk(path):
-            for name in dirs:
-                os.chmod(os.path.join(parent, name), 0o755)
-        shutil.rmtree(path)
 
 
 @pytest.mark.timeout(90)
@@ -269,7 +215,7 @@ def test_output_folder_made_read_only_mid_run(shared_dir: Path, make_endpoint: A
     log = shared_dir / "child.log"
     result: dict[str, int] = {}
     thread = threading.Thread(target=lambda: result.update(
-        code=_as_nobody_in_a_fork(args, env, log)))
+        code=as_nobody_in_a_fork(args, env, log)))
     thread.start()
     try:
         wait_for(lambda: all((out / f"early_{i}.png").exists() for i in range(3)), timeout=30)
