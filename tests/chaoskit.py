@@ -13,6 +13,8 @@ import io
 import json
 import os
 import random
+import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -499,3 +501,161 @@ def as_nobody_in_a_fork(argv: list[str], env: dict[str, str], log: Path,
         with os.fdopen(read_end) as pipe:
             said = pipe.read()
     return int(said) if said else os.waitstatus_to_exitcode(status[0])
+
+
+# --- writes that fail -------------------------------------------------------------------------
+
+
+def noise_png(path: Path, side: int, seed: int) -> bytes:
+    """A PNG that does not compress: about 3 * side**2 bytes."""
+    rng = random.Random(seed)
+    Image.frombytes("RGB", (side, side), rng.randbytes(side * side * 3)).save(path, "PNG")
+    return path.read_bytes()
+
+
+def _limit_file_size(limit: int) -> Callable[[], None]:
+    def apply() -> None:
+        # Python ignores SIGXFSZ, so a write past the limit fails with EFBIG instead.
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def failing_writes(work: Path, *, seed: int, small: int = 8, big: int = 4,
+                   limit: int = 64 << 10) -> Outcome:
+    """rpq may not write files over `limit` (EFBIG, as a full disk would refuse them): the big
+    results cannot be saved, the small ones and the journal can. Then a plain rerun with room
+    must save the big ones without sending them again."""
+    outcome = Outcome("failing_writes", seed, small + big)
+    check = outcome.check
+    src, out = work / "in", work / "out"
+    images = make_unique_images(src, small)
+    bigs = {f"big_{i}.png": noise_png(src / f"big_{i}.png", 160, seed * 100 + i)
+            for i in range(big)}
+    images.update(bigs)
+    ep = LocalEndpoint(handler="echo", workers_max=4, seed=seed).start()
+    try:
+        exe = Path(sys.executable).with_name("rpq")
+        started = time.monotonic()
+        child = subprocess.run([str(exe), *map(str, batch_args(src, out))],
+                               env={**os.environ, **endpoint_env(ep)}, capture_output=True,
+                               text=True, timeout=120, preexec_fn=_limit_file_size(limit))
+        check(child.returncode == 1, f"exit code {child.returncode}")
+        check("Traceback" not in child.stderr, "a traceback on stderr")
+        jobs = {j["input"]: j for j in json.loads((out / "job_metrics.json").read_text())["jobs"]}
+        for name, data in images.items():
+            if name in bigs:
+                job = jobs.get(name, {})
+                check(job.get("status") == "FAILED" and "File too large" in (job.get("error")
+                                                                             or ""),
+                      f"{name}: {job.get('status')} {job.get('error')}")
+                check(f"{name}: could not save the result: File too large" in child.stderr,
+                      f"{name}: no line on stderr")
+                check(not (out / name).exists(), f"{name}: a file was left")
+            else:
+                check((out / name).is_file() and (out / name).read_bytes() == data,
+                      f"{name}: not saved whole")
+        check(not leftover_parts(out), "temp files left")
+        runs = ep.calls()["run"]
+        check(runs == len(images), f"{runs} /run for {len(images)} images")
+        rerun = rpq(*batch_args(src, out), env=endpoint_env(ep))
+        check(rerun.code == 0, f"the rerun exited {rerun.code}")
+        check(ep.calls()["run"] == runs,
+              f"the rerun sent {ep.calls()['run'] - runs} image(s) again")
+        for name, data in images.items():
+            check((out / name).is_file() and (out / name).read_bytes() == data,
+                  f"{name}: not saved by the rerun")
+        outcome.seconds = round(time.monotonic() - started, 2)
+        outcome.figures.update(images=len(images), unsaved_first=len(bigs),
+                               saved_by_rerun=len(bigs), resent=ep.calls()["run"] - runs)
+    finally:
+        ep.stop()
+    return outcome
+
+
+# --- the endpoint killed and restarted --------------------------------------------------------
+
+
+def _serve(port: int, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    exe = Path(sys.executable).with_name("rpq")
+    with log.open("ab") as fh:
+        proc = subprocess.Popen(
+            [str(exe), "serve", "--port", str(port), "--handler", "echo", "--workers-max", "2",
+             "--process-time", "0.15", "--rate-limits", "off"],
+            stdout=subprocess.PIPE, stderr=fh, stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode()
+    match = re.search(r"http://127\.0\.0\.1:(\d+)/v2", line)
+    if not match:
+        _stop(proc)
+        raise RuntimeError(f"rpq serve did not start: {line!r}; see {log}")
+    return proc, int(match.group(1))
+
+
+def _stop(server: subprocess.Popen[bytes]) -> None:
+    server.kill()
+    server.wait(10)
+    if server.stdout:
+        server.stdout.close()
+
+
+def restart_endpoint(work: Path, *, seed: int, images: int = 30) -> Outcome:
+    """`rpq serve` in its own process, SIGKILLed while jobs are in flight (its queue lives in
+    memory) and started again on the same port. rpq must report the lost jobs as expired, one
+    line each, and the same command again must finish exactly those."""
+    outcome = Outcome("endpoint_restart", seed, images)
+    check = outcome.check
+    rng = random.Random(seed)
+    log = work / "serve.log"
+    server, port = _serve(0, log)
+    src, out = work / "in", work / "out"
+    sent = make_unique_images(src, images)
+    env = {**os.environ, "RUNPOD_ENDPOINT_BASE_URL": f"http://127.0.0.1:{port}/v2",
+           "RUNPOD_ENDPOINT_ID": "local"}
+    exe = Path(sys.executable).with_name("rpq")
+    args = [str(exe), *map(str, batch_args(src, out, "--concurrency", "6"))]
+    batch_log = work / "batch.log"
+    started = time.monotonic()
+    try:
+        after = rng.randint(2, images // 3)
+        with batch_log.open("wb") as fh:
+            batch = subprocess.Popen(args, env=env, stdout=fh, stderr=fh)
+        try:
+            wait_for(lambda: len(output_files(out)) >= after and
+                     len(Journal(out / JOURNAL_NAME).in_flight()) >= 2, timeout=60)
+            _stop(server)  # its queue and jobs live in memory: all gone
+            server, _ = _serve(port, log)
+            code = batch.wait(120)
+        finally:
+            if batch.poll() is None:
+                batch.kill()
+                batch.wait()
+        stderr = batch_log.read_text()
+        check(code == 1, f"the batch exited {code}")
+        check("Traceback" not in stderr, "a traceback on stderr")
+        jobs = {j["input"]: j for j in json.loads((out / "job_metrics.json").read_text())["jobs"]}
+        check(sorted(jobs) == sorted(sent), "not one record per image")
+        expired = {name for name, j in jobs.items() if j["status"] != "COMPLETED"}
+        check(bool(expired), "no job was lost: the restart came too late")
+        for name in expired:
+            check(jobs[name]["error_kind"] == "expired"
+                  and "no longer knows the job" in (jobs[name]["error"] or ""),
+                  f"{name}: {jobs[name]['error_kind']}: {jobs[name]['error']}")
+            check(re.search(rf"expired +{re.escape(name)}: the endpoint no longer knows the job",
+                            stderr) is not None, f"{name}: no line on stderr")
+        for name, job in jobs.items():
+            if job["status"] == "COMPLETED":
+                check((out / name).read_bytes() == sent[name], f"{name}: wrong output")
+        rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+        check(rerun.returncode == 0, f"the rerun exited {rerun.returncode}")
+        for name, data in sent.items():
+            check((out / name).is_file() and (out / name).read_bytes() == data,
+                  f"{name}: not done after the rerun")
+        resent = json.loads((out / "job_metrics.json").read_text())["run"]["requests"]["run"]
+        check(resent == len(expired), f"the rerun sent {resent} for {len(expired)} lost jobs")
+        outcome.seconds = round(time.monotonic() - started, 2)
+        outcome.figures.update(killed_after_outputs=after, lost_jobs=len(expired),
+                               resent_by_rerun=resent)
+    finally:
+        _stop(server)
+    return outcome

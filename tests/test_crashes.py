@@ -8,13 +8,12 @@ import contextlib
 import json
 import os
 import re
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,31 +22,21 @@ from batchkit import batch_args, endpoint_env, rpq
 from chaoskit import (
     NOBODY,
     as_nobody_in_a_fork,
+    failing_writes,
     kill_loop,
     leftover_parts,
-    make_unique_images,
+    noise_png,
     output_files,
+    restart_endpoint,
     shared_folder,
     unique_png,
 )
 from helpers import wait_for
-from PIL import Image
-
-from rpq.journal import JOURNAL_NAME, Journal
 
 
 def _jobs(out: Path) -> dict[str, dict[str, Any]]:
     data = json.loads((out / "job_metrics.json").read_text())
     return {j["input"]: j for j in data["jobs"]}
-
-
-def _noise_png(path: Path, side: int, seed: int) -> bytes:
-    """A PNG that does not compress: about 3 * side**2 bytes."""
-    import random
-
-    rng = random.Random(seed)
-    Image.frombytes("RGB", (side, side), rng.randbytes(side * side * 3)).save(path, "PNG")
-    return path.read_bytes()
 
 
 # --- SIGKILL at 20 moments --------------------------------------------------------------------
@@ -67,48 +56,13 @@ def test_sigkill_at_twenty_moments_then_rerun(tmp_path: Path) -> None:
 # --- a full disk --------------------------------------------------------------------------------
 
 
-def _limit_file_size(limit: int) -> Callable[[], None]:
-    def apply() -> None:
-        # Python ignores SIGXFSZ, so a write past the limit fails with EFBIG instead.
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    return apply
-
-
-def test_writes_that_fail_lose_no_paid_result(tmp_path: Path, make_endpoint: Any) -> None:
-    # The child may not write files over 64 KiB: the big results cannot be saved (EFBIG,
-    # as on a full disk), the small ones and the journal can.
-    ep = make_endpoint(handler="echo", workers_max=4)
-    src, out = tmp_path / "in", tmp_path / "out"
-    small = make_unique_images(src, 8)
-    big = {f"big_{i}.png": _noise_png(src / f"big_{i}.png", 160, i) for i in range(4)}
-    assert all(len(data) > 64 << 10 for data in big.values())
-    exe = Path(sys.executable).with_name("rpq")
-    args = [str(exe), *map(str, batch_args(src, out))]
-    env = {**os.environ, **endpoint_env(ep)}
-    child = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60,
-                           preexec_fn=_limit_file_size(64 << 10))
-    assert child.returncode == 1, child.stderr
-    assert "Traceback" not in child.stderr
-    jobs = _jobs(out)
-    for name in small:
-        assert jobs[name]["status"] == "COMPLETED"
-        assert (out / name).read_bytes() == small[name]
-    for name in big:
-        assert jobs[name]["status"] == "FAILED" and jobs[name]["error_kind"] == "no_output"
-        assert "could not save the result: File too large" in jobs[name]["error"]
-        assert re.search(rf"{name}: could not save the result: File too large", child.stderr)
-        assert not (out / name).exists()
-    assert leftover_parts(out) == []  # no half-written file left behind
-    runs = ep.calls()["run"]
-    assert runs == len(small) + len(big)
-    # With room again, a plain rerun saves those results: fetched again, not paid again.
-    rerun = rpq(*batch_args(src, out), env=endpoint_env(ep))
-    assert rerun.code == 0, rerun.stderr
-    assert ep.calls()["run"] == runs
-    for name, data in {**small, **big}.items():
-        assert (out / name).read_bytes() == data
-    assert all(e.state == "done" for e in Journal(out / JOURNAL_NAME).entries.values())
+def test_writes_that_fail_lose_no_paid_result(tmp_path: Path) -> None:
+    # The child may not write files over 64 KiB (EFBIG, as a full disk would refuse them):
+    # the big results cannot be saved, each named on stderr, nothing half-written is left;
+    # with room again a plain rerun saves them, fetched again rather than paid again.
+    outcome = failing_writes(tmp_path, seed=1)
+    assert not outcome.violations, "\n".join(outcome.violations)
+    assert outcome.figures["unsaved_first"] == 4 and outcome.figures["resent"] == 0
 
 
 @contextlib.contextmanager
@@ -137,7 +91,7 @@ def test_a_full_disk_is_reported_and_a_rerun_finishes(tmp_path: Path, make_endpo
     ep = make_endpoint(handler="echo", workers_max=4)
     src = tmp_path / "in"
     src.mkdir()
-    images = {f"n{i:02d}.png": _noise_png(src / f"n{i:02d}.png", 90, i) for i in range(30)}
+    images = {f"n{i:02d}.png": noise_png(src / f"n{i:02d}.png", 90, i) for i in range(30)}
     with _tiny_tmpfs("400k") as disk:
         out = disk / "out"
         exe = Path(sys.executable).with_name("rpq")
@@ -244,73 +198,10 @@ def test_output_folder_made_read_only_mid_run(shared_dir: Path, make_endpoint: A
 # --- the endpoint killed and restarted --------------------------------------------------------
 
 
-def _serve(port: int, log: Path) -> tuple[subprocess.Popen[bytes], int]:
-    exe = Path(sys.executable).with_name("rpq")
-    with log.open("ab") as fh:
-        proc = subprocess.Popen(
-            [str(exe), "serve", "--port", str(port), "--handler", "echo", "--workers-max", "2",
-             "--process-time", "0.15", "--rate-limits", "off"],
-            stdout=subprocess.PIPE, stderr=fh, stdin=subprocess.DEVNULL)
-    assert proc.stdout is not None
-    line = proc.stdout.readline().decode()
-    match = re.search(r"http://127\.0\.0\.1:(\d+)/v2", line)
-    assert match, line
-    return proc, int(match.group(1))
-
-
 @pytest.mark.timeout(120)
 def test_endpoint_killed_and_restarted_mid_run(tmp_path: Path) -> None:
-    log = tmp_path / "serve.log"
-    server, port = _serve(0, log)
-    src, out = tmp_path / "in", tmp_path / "out"
-    images = make_unique_images(src, 30)
-    env = {"RUNPOD_ENDPOINT_BASE_URL": f"http://127.0.0.1:{port}/v2",
-           "RUNPOD_ENDPOINT_ID": "local"}
-    exe = Path(sys.executable).with_name("rpq")
-    args = [str(exe), *map(str, batch_args(src, out, "--concurrency", "6"))]
-    batch_log = tmp_path / "batch.log"
-    try:
-        with batch_log.open("wb") as fh:
-            batch = subprocess.Popen(args, env={**os.environ, **env}, stdout=fh, stderr=fh)
-        try:
-            wait_for(lambda: len(output_files(out)) >= 5 and
-                     len(Journal(out / JOURNAL_NAME).in_flight()) >= 2, timeout=30)
-            lost = {e.rel for e in Journal(out / JOURNAL_NAME).in_flight()}
-            _stop(server)  # its queue and jobs live in memory: all gone
-            server, _ = _serve(port, log)
-            code = batch.wait(90)
-        finally:
-            if batch.poll() is None:
-                batch.kill()
-                batch.wait()
-        stderr = batch_log.read_text()
-        assert code == 1, stderr
-        assert "Traceback" not in stderr
-        jobs = _jobs(out)
-        assert sorted(jobs) == sorted(images)
-        expired = {name for name, j in jobs.items() if j["status"] != "COMPLETED"}
-        assert expired and expired <= lost | expired
-        for name in expired:
-            assert jobs[name]["error_kind"] == "expired", jobs[name]
-            assert "no longer knows the job" in jobs[name]["error"]
-            assert re.search(rf"expired +{name}: the endpoint no longer knows the job", stderr)
-        for name, j in jobs.items():
-            if j["status"] == "COMPLETED":
-                assert (out / name).read_bytes() == images[name]
-        # The same command again finishes the lost ones, and only those are sent.
-        rerun = subprocess.run(args, env={**os.environ, **env}, capture_output=True, text=True,
-                               timeout=60)
-        assert rerun.returncode == 0, rerun.stderr
-        for name, data in images.items():
-            assert (out / name).read_bytes() == data
-        sent = json.loads((out / "job_metrics.json").read_text())["run"]["requests"]["run"]
-        assert sent == len(expired)
-    finally:
-        _stop(server)
-
-
-def _stop(server: subprocess.Popen[bytes]) -> None:
-    server.kill()
-    server.wait(10)
-    if server.stdout:
-        server.stdout.close()
+    # rpq serve in its own process, SIGKILLed with jobs in flight and started again on the
+    # same port: the lost jobs are reported as expired, and the same command finishes them.
+    outcome = restart_endpoint(tmp_path, seed=1)
+    assert not outcome.violations, "\n".join(outcome.violations)
+    assert outcome.figures["lost_jobs"] >= 1
