@@ -4,6 +4,8 @@ the server's. bench/chaos.py runs the same scenario at 1,000 images x several se
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,3 +24,19 @@ def test_chaos_batch_loses_nothing_and_duplicates_nothing(tmp_path: Path, seed: 
     assert figures["injected"]["drop"] and figures["injected"]["slow"]
     assert figures["server_failed"] and figures["stuck_jobs"]
     assert figures["run_retries"] and figures["resubmissions"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_bench_chaos_quick_writes_a_report(tmp_path: Path) -> None:
+    # `make chaos` at smoke-test size: every scenario once, a report with a row for each.
+    report = tmp_path / "RELIABILITY.md"
+    script = Path(__file__).resolve().parent.parent / "bench" / "chaos.py"
+    done = subprocess.run([sys.executable, str(script), "--quick", "--out", str(report)],
+                          capture_output=True, text=True, timeout=110)
+    assert done.returncode == 0, done.stderr
+    text = report.read_text()
+    for heading in ("## At a glance", "## Chaos at scale", "## SIGKILL at random moments",
+                    "## Endpoint process killed and restarted", "## Writes that fail"):
+        assert heading in text
+    assert text.count("all held") == 4 and "**FAILED**" not in text
