@@ -4,7 +4,7 @@ of the batch is unharmed; nothing is written outside the output folder."""
 from __future__ import annotations
 
 import json
-import os
+import random
 import threading
 import uuid
 from collections import Counter
@@ -43,6 +43,7 @@ class Reply:
 
 
 DROP = "drop"  # close the connection without an answer
+FAKE_KEY = "rpq_FAKEKEY_5e6f7a8b9c"
 
 
 @dataclass
@@ -96,7 +97,9 @@ class FakeEndpoint:
         return f"http://127.0.0.1:{self.server.server_address[1]}/v2"
 
     def env(self) -> dict[str, str]:
-        return {"RUNPOD_ENDPOINT_BASE_URL": self.base_url, "RUNPOD_ENDPOINT_ID": self.endpoint_id}
+        """Where the fake listens, and an API key no output may ever show."""
+        return {"RUNPOD_ENDPOINT_BASE_URL": self.base_url, "RUNPOD_ENDPOINT_ID": self.endpoint_id,
+                "RUNPOD_API_KEY": FAKE_KEY}
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -427,7 +430,8 @@ def test_url_outputs_are_size_capped_and_time_bounded(
 
 def test_a_50_mb_output_is_saved_whole(tmp_path: Path, make_endpoint: Callable[..., Any]) -> None:
     big = tmp_path / "big.bmp"
-    Image.frombytes("RGB", (4096, 4096), os.urandom(4096 * 4096 * 3)).save(big, "BMP")
+    pixels = random.Random(50).randbytes(4096 * 4096 * 3)
+    Image.frombytes("RGB", (4096, 4096), pixels).save(big, "BMP")
     assert big.stat().st_size > 50 * 10**6
     src, out, template = _images(tmp_path, ["huge", "good-1", "good-2"])
     ep = _shapes_endpoint(tmp_path, make_endpoint, "http://127.0.0.1:9", big=big)
@@ -522,6 +526,8 @@ def test_garbage_from_the_queue_api_fails_only_its_image(
     assert _files_outside(tmp_path / "work", out) == []
     assert sorted(p.name for p in out.glob("*.png")) == ["good-1.png", "good-2.png",
                                                          "st-glitch.png"]
+    assert FAKE_KEY not in run.stdout + run.stderr
+    assert all(FAKE_KEY.encode() not in p.read_bytes() for p in out.rglob("*") if p.is_file())
 
 
 @pytest.mark.timeout(60)
