@@ -255,9 +255,9 @@ def report(plan: Plan, results: dict[str, list[ck.Outcome]],
         "`/run` and writing its answer to the journal leaves an intent with no job id, and "
         "RunPod has no idempotency key to ask whether that request arrived, so the next run "
         "sends it again. Kills timed on a `/run` reaching the endpoint hit that window on "
-        "purpose, with up to 8 submits in flight. The orphan count "
-        f"({orphans}) counts each image once per rerun that found it orphaned, so it bounds "
-        "the duplicates from above. A kill during a write can leave a hidden "
+        f"purpose, with up to 8 submits in flight. Of the {orphans} submits cut off that way, "
+        f"{dup} had reached the endpoint before the kill. A kill during a write can leave a "
+        "hidden "
         "`.NAME.XXXX.part` temp file; no output file is ever partial.",
     ]
 
@@ -322,7 +322,8 @@ def report(plan: Plan, results: dict[str, list[ck.Outcome]],
             "tests/test_secrets.py": "the API key in no output, file, error or traceback",
             "tests/test_fuzz.py": "property tests (Hypothesis) of the journal reader and the "
             "output extractor",
-            "tests/test_chaos.py": "chaos at scale, 300 images x 2 seeds",
+            "tests/test_chaos.py": "chaos at scale, 300 images x 2 seeds; this script's "
+            "--quick smoke test",
         }
         rows = [[f"`{name}`", what.get(name, ""), c["tests"], c["skipped"],
                  "passed" if not c["failed"] else f"**{c['failed']} failed**"]

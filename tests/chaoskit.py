@@ -341,7 +341,7 @@ def kill_loop(work: Path, *, images: int, seed: int, kills: int = 20, workers: i
     ep = LocalEndpoint(handler="echo", workers_max=workers, process_time=process_time,
                        seed=seed, rate_limits={}).start()
     args = [str(a) for a in batch_args(src, out, "--concurrency", "8")]
-    orphaned: Counter[str] = Counter()
+    orphaned: set[tuple[str, int]] = set()  # (image, attempt) of each submit cut off
     moments: Counter[str] = Counter()
     killed = finished_early = 0
     started = time.monotonic()
@@ -376,7 +376,7 @@ def kill_loop(work: Path, *, images: int, seed: int, kills: int = 20, workers: i
                 proc.wait(timeout=30)
             if (out / JOURNAL_NAME).exists():
                 for entry in Journal(out / JOURNAL_NAME).orphans():
-                    orphaned[entry.rel] += 1  # the next run sends these again
+                    orphaned.add((entry.rel, entry.attempts))  # the next run resends it
         final = _rpq_child(args, endpoint_env(ep), log)
         code = final.wait(timeout=120)
         outcome.seconds = round(time.monotonic() - started, 2)
@@ -395,9 +395,10 @@ def kill_loop(work: Path, *, images: int, seed: int, kills: int = 20, workers: i
         jobs = ep.jobs()
         per_image = Counter(b64_to_name.get(j["input"]["image"], "?") for j in jobs)
         check(set(per_image) == set(sent), "the server has jobs for unknown images")
+        cut_off = Counter(rel for rel, _ in orphaned)
         for name, n in per_image.items():
-            check(n <= 1 + orphaned[name],
-                  f"{name}: {n} jobs on the server, {orphaned[name]} orphaned submit(s)")
+            check(n <= 1 + cut_off[name],
+                  f"{name}: {n} jobs on the server, {cut_off[name]} orphaned submit(s)")
         check(not [j for j in jobs if j["status"] in ACTIVE], "jobs left queued or running")
         for problem in resubmitted_while_held(out / JOURNAL_NAME):
             check(False, problem)
@@ -413,7 +414,7 @@ def kill_loop(work: Path, *, images: int, seed: int, kills: int = 20, workers: i
             kills=killed, finished_before_kill=finished_early,
             moments=dict(sorted(moments.items())),
             server_jobs=len(jobs), duplicates=sum(n - 1 for n in per_image.values()),
-            orphaned_submits=sum(orphaned.values()), torn_journal_lines=journal.torn_lines,
+            orphaned_submits=len(orphaned), torn_journal_lines=journal.torn_lines,
             leftover_temp_files=len(leftover_parts(out)),
         )
     finally:
