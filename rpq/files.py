@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -18,7 +19,7 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
-def atomic_write(path: Path, data: bytes, *, fsync: bool = False) -> None:
+def atomic_write(path: Path, data: bytes | Iterable[bytes], *, fsync: bool = False) -> None:
     """Write to a temp file in the same folder, then rename it over `path`.
 
     The file gets the usual permissions (0666 less the umask), not mkstemp's private 0600.
@@ -28,7 +29,10 @@ def atomic_write(path: Path, data: bytes, *, fsync: bool = False) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             os.fchmod(fh.fileno(), 0o666 & ~_UMASK)
-            fh.write(data)
+            if isinstance(data, bytes):
+                fh.write(data)
+            else:
+                fh.writelines(data)
             if fsync:
                 fh.flush()
                 os.fsync(fh.fileno())

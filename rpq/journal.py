@@ -33,8 +33,17 @@ class Entry:
     endpoint: str | None = None
     base_url: str | None = None
     attempts: int = 0
-    record: dict[str, Any] | None = None
+    # The end record as compact JSON: a batch of many images keeps one short string each.
+    record_text: str | None = field(default=None, repr=False)
     cancels: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def record(self) -> dict[str, Any] | None:
+        """The job's end record as it was written, or None before its end."""
+        if self.record_text is None:
+            return None
+        record: dict[str, Any] = json.loads(self.record_text)
+        return record
 
     @property
     def in_flight(self) -> bool:
@@ -139,8 +148,11 @@ class Journal:
             entry.job_id = None
         elif kind == "end":
             record = event.get("record")
-            entry.record = record if isinstance(record, dict) else None
-            status = entry.record.get("status") if entry.record else None
+            if isinstance(record, dict):
+                entry.record_text = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+                status = record.get("status")
+            else:
+                entry.record_text, status = None, None
             entry.state = "done" if status == "COMPLETED" else "failed"
 
     # -- writing ----------------------------------------------------------------------------

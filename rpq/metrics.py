@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -125,37 +126,101 @@ def job_end(job: JobRecord) -> float | None:
     return _parse_timestamp(job.timestamp)
 
 
-def summarize(jobs: Sequence[JobRecord]) -> dict[str, object]:
+class RunStats:
+    """The "stats" block, accumulated one job at a time: 24 bytes a job, not the whole record."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.completed = 0
+        self.cancelled = 0
+        self.timed_out = 0
+        self.retried = 0
+        self._series = {name: array("d") for name in TIME_FIELDS}
+        self._first_start: float | None = None
+        self._last_end: float | None = None
+
+    def add(self, job: JobRecord) -> None:
+        self.total += 1
+        self.completed += job.status == "COMPLETED"
+        self.cancelled += job.status == "CANCELLED"
+        self.timed_out += job.status == "TIMED_OUT"
+        self.retried += max(job.attempts - 1, 0)
+        for name, values in self._series.items():
+            value = getattr(job, name)
+            if value is not None:
+                values.append(value)
+        if job.submit_time is not None:
+            self._first_start = min(self._first_start or job.submit_time, job.submit_time)
+        end = job_end(job)
+        if end is not None:
+            self._last_end = max(self._last_end or end, end)
+
+    def stats(self) -> dict[str, object]:
+        """Jobs without a time are left out of the time figures."""
+        total, completed = self.total, self.completed
+        stats: dict[str, object] = {
+            "total_jobs": total,
+            "completed": completed,
+            "failed": total - completed,
+            "success_rate": round(100 * completed / total, 2) if total else 0.0,
+        }
+        for name, values in self._series.items():
+            stats[f"avg_{name}"] = _r3(sum(values) / len(values)) if values else None
+        for name, values in self._series.items():
+            for q in (50, 95, 99):
+                stats[f"p{q}_{name}"] = _r3(percentile(values, q))
+            stats[f"max_{name}"] = _r3(max(values)) if values else None
+        wall = None
+        if self._first_start is not None and self._last_end is not None:
+            span = self._last_end - self._first_start
+            wall = span if span > 0 else None
+        stats["cancelled"] = self.cancelled
+        stats["timed_out"] = self.timed_out
+        stats["retried"] = self.retried
+        stats["throughput_per_min"] = _r3(completed * 60 / wall) if wall else None
+        stats["wall_time"] = _r3(wall)
+        return stats
+
+
+def summarize(jobs: Iterable[JobRecord]) -> dict[str, object]:
     """The "stats" block of job_metrics.json; jobs without a time are left out of its figures."""
-    total = len(jobs)
-    completed = sum(1 for j in jobs if j.status == "COMPLETED")
-    stats: dict[str, object] = {
-        "total_jobs": total,
-        "completed": completed,
-        "failed": total - completed,
-        "success_rate": round(100 * completed / total, 2) if total else 0.0,
-    }
-    series = {name: _times(jobs, name) for name in TIME_FIELDS}
-    for name, values in series.items():
-        stats[f"avg_{name}"] = _r3(sum(values) / len(values)) if values else None
-    for name, values in series.items():
-        for q in (50, 95, 99):
-            stats[f"p{q}_{name}"] = _r3(percentile(values, q))
-        stats[f"max_{name}"] = _r3(max(values)) if values else None
-    wall = _wall_time(jobs)
-    stats["cancelled"] = sum(1 for j in jobs if j.status == "CANCELLED")
-    stats["timed_out"] = sum(1 for j in jobs if j.status == "TIMED_OUT")
-    stats["retried"] = sum(max(j.attempts - 1, 0) for j in jobs)
-    stats["throughput_per_min"] = _r3(completed * 60 / wall) if wall else None
-    stats["wall_time"] = _r3(wall)
-    return stats
+    acc = RunStats()
+    for job in jobs:
+        acc.add(job)
+    return acc.stats()
 
 
-def write_metrics(path: Path, jobs: Sequence[JobRecord], run: Mapping[str, object]) -> None:
-    """Write job_metrics.json atomically: a crash leaves the old file or the new one."""
-    document = {"stats": summarize(jobs), "jobs": [j.to_dict() for j in jobs], "run": dict(run)}
-    text = json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False, default=str)
-    atomic_write(Path(path), (text + "\n").encode("utf-8"), fsync=True)
+def write_metrics(
+    path: Path,
+    jobs: Iterable[JobRecord],
+    run: Mapping[str, object],
+    *,
+    stats: Mapping[str, object] | None = None,
+) -> None:
+    """Write job_metrics.json atomically: a crash leaves the old file or the new one.
+
+    With `stats` given, `jobs` may be a one-pass iterator: the file is streamed, one job per
+    line, so writing it costs no more memory for 100,000 jobs than for 10.
+    """
+    if stats is None:
+        jobs = list(jobs)
+        stats = summarize(jobs)
+    atomic_write(Path(path), _document_chunks(stats, jobs, run), fsync=True)
+
+
+def _document_chunks(
+    stats: Mapping[str, object], jobs: Iterable[JobRecord], run: Mapping[str, object]
+) -> Iterator[bytes]:
+    def dump(value: object, indent: int | None = 2) -> str:
+        text = json.dumps(value, indent=indent, ensure_ascii=False, allow_nan=False, default=str)
+        return text.replace("\n", "\n  ") if indent else text
+
+    yield ('{\n  "stats": ' + dump(dict(stats)) + ',\n  "jobs": [').encode()
+    first = True
+    for job in jobs:
+        yield (("\n    " if first else ",\n    ") + dump(job.to_dict(), None)).encode()
+        first = False
+    yield (("\n  ]" if not first else "]") + ',\n  "run": ' + dump(dict(run)) + "\n}\n").encode()
 
 
 def load_metrics(path: Path) -> Metrics:
@@ -204,20 +269,6 @@ def _metrics_from(document: object, path: Path) -> Metrics:
         except ValueError as exc:
             raise UsageError(f"{path}: jobs[{index}]: {exc}") from None
     return Metrics(stats=stats, jobs=jobs, run=run)
-
-
-def _times(jobs: Sequence[JobRecord], name: str) -> list[float]:
-    values = (getattr(j, name) for j in jobs)
-    return [v for v in values if v is not None and math.isfinite(v)]
-
-
-def _wall_time(jobs: Sequence[JobRecord]) -> float | None:
-    starts = [j.submit_time for j in jobs if j.submit_time is not None]
-    ends = [e for e in map(job_end, jobs) if e is not None]
-    if not starts or not ends:
-        return None
-    span = max(ends) - min(starts)
-    return span if span > 0 else None
 
 
 def _parse_timestamp(text: str) -> float | None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from rpq import __version__
 from rpq.api import RunPodClient, is_transient, post_json
@@ -24,7 +26,7 @@ from rpq.health import diagnose
 from rpq.images import ImageFile, Skipped, content_digest, discover, prepare
 from rpq.journal import JOURNAL_NAME, Entry, Journal, job_key
 from rpq.limiter import Limiters, Rate
-from rpq.metrics import JobRecord, summarize, write_metrics
+from rpq.metrics import JobRecord, RunStats, load_metrics, write_metrics
 from rpq.poll import STARTED, Poller, PollResult, StallDetector, Timing
 from rpq.progress import Reporter, Tracker
 from rpq.settings import BatchSettings, check_base_url
@@ -43,7 +45,6 @@ HEALTH_EVERY = 5.0
 class BatchResult:
     """What a finished (or stopped) batch did; the CLI turns it into output and exit code."""
 
-    records: list[JobRecord]
     summary: dict[str, Any]
     interrupted: bool = False
     stop_reason: str | None = None
@@ -54,7 +55,12 @@ class BatchResult:
 
     @property
     def failed(self) -> int:
-        return sum(1 for r in self.records if r.status != "COMPLETED")
+        return int(self.summary["stats"]["failed"])
+
+    @property
+    def records(self) -> list[JobRecord]:
+        """Every job's record, read back from the metrics file."""
+        return load_metrics(Path(self.summary["metrics"])).jobs
 
 
 def now_iso(wall: float | None = None) -> str:
@@ -161,9 +167,12 @@ class Batch:
         self.stop_reason: str | None = None
         self._live: dict[str, tuple[str, str, str]] = {}  # job id -> (key, status, endpoint)
         self._migrate: set[str] = set()  # job ids to move to the fallback endpoint
-        self._keys_in_run: dict[str, threading.Event] = {}
+        self._keys_in_run: dict[str, threading.Event] = {}  # keys being worked on now
         self._seen_keys: set[str] = set()
-        self.records: list[JobRecord] = []
+        # Finished records go to a temporary file, not a list: memory stays flat in the
+        # number of images; job_metrics.json is streamed from it at the end.
+        self._spool: IO[bytes] | None = None  # open while run() runs
+        self.stats = RunStats()
         self.orphans = 0
         self.run_retries = 0
         self.not_started = 0
@@ -242,14 +251,15 @@ class Batch:
         self.reporter.start(self.tracker)
         health_thread = threading.Thread(target=self._watch_health, name="rpq-health", daemon=True)
         health_thread.start()
-        try:
-            self._dispatch()
-        finally:
-            self._done_health.set()
-            self.reporter.stop()
-            self.journal.close()
-        summary = self._finish(started_wall)
-        return BatchResult(self.records, summary, interrupted=self.interrupted,
+        with tempfile.TemporaryFile() as self._spool:
+            try:
+                self._dispatch()
+            finally:
+                self._done_health.set()
+                self.reporter.stop()
+                self.journal.close()
+            summary = self._finish(started_wall)
+        return BatchResult(summary, interrupted=self.interrupted,
                            stop_reason=self.stop_reason, orphans=self.orphans,
                            skipped=self.tracker.counts["skipped"], not_started=self.not_started)
 
@@ -355,19 +365,23 @@ class Batch:
             return
         key = job_key(digest, self.fingerprint)
         with self._lock:
-            first = key not in self._keys_in_run
+            twin = self._keys_in_run.get(key)
+            first = twin is None and key not in self._seen_keys
             if first:
-                self._keys_in_run[key] = threading.Event()
-            twin = self._keys_in_run[key]
+                twin = self._keys_in_run[key] = threading.Event()
             self._seen_keys.add(key)
         if not first:
-            twin.wait()
+            if twin is not None:
+                twin.wait()
             self._reuse(item.rel, key)
             return
+        assert twin is not None
         try:
             self._process(item, key)
         finally:
             twin.set()
+            with self._lock:
+                del self._keys_in_run[key]
 
     def _process(self, item: ImageFile, key: str) -> None:
         assert self.journal is not None
@@ -653,11 +667,20 @@ class Batch:
             self._wind_down(reason)
 
     def _report(self, record: JobRecord, count: bool = True) -> None:
+        line = json.dumps(record.to_dict(), ensure_ascii=False, default=str) + "\n"
         with self._lock:
-            self.records.append(record)
+            assert self._spool is not None
+            self._spool.write(line.encode())
+            self.stats.add(record)
         if count:
             self.tracker.finished(record)
         self.reporter.job_done(record, skipped=not count)
+
+    def _spooled(self) -> Iterator[JobRecord]:
+        assert self._spool is not None
+        self._spool.seek(0)
+        for line in self._spool:
+            yield JobRecord.from_dict(json.loads(line))
 
     def _on_retry(self, op: str, exc: BaseException, delay: float) -> None:
         if op == "run":
@@ -678,7 +701,7 @@ class Batch:
                                     + diagnosis.findings[0])
 
     def _finish(self, started_wall: float) -> dict[str, Any]:
-        stats = summarize(self.records)
+        stats = self.stats.stats()
         requests: dict[str, dict[str, int]] = {
             name: dict(c.client.requests_sent) for name, c in self.callers.items()}
         run = {
@@ -699,7 +722,7 @@ class Batch:
         }
         unsaved: OSError | None = None
         try:
-            write_metrics(self.s.metrics_path, self.records, run)
+            write_metrics(self.s.metrics_path, self._spooled(), run, stats=stats)
         except OSError as exc:  # a full disk, a folder made read-only
             unsaved = exc
         self.guards.summary(stats, self.interrupted, self.stop_reason)
