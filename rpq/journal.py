@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,20 +23,27 @@ def job_key(digest: str, settings_fingerprint: str) -> str:
     return hashlib.sha256(f"{digest}:{settings_fingerprint}".encode()).hexdigest()[:32]
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
-    """What the journal knows about one key, folded from its lines in order."""
+    """What the journal knows about one key, folded from its lines in order.
+
+    A batch holds one per image, so it is kept small: slots, the end record as compact JSON
+    text, no list until a cancel is recorded.
+    """
 
     key: str
     rel: str = ""
     state: str = "new"  # intent | submitted | cancelled | done | failed
     job_id: str | None = None
     endpoint: str | None = None
-    base_url: str | None = None
     attempts: int = 0
-    # The end record as compact JSON: a batch of many images keeps one short string each.
     record_text: str | None = field(default=None, repr=False)
-    cancels: list[dict[str, Any]] = field(default_factory=list)
+    cancel_notes: list[dict[str, Any]] | None = None
+
+    @property
+    def cancels(self) -> list[dict[str, Any]]:
+        """Every cancel recorded for this image: job id, the endpoint's answer, the reason."""
+        return self.cancel_notes or []
 
     @property
     def record(self) -> dict[str, Any] | None:
@@ -133,10 +141,12 @@ class Journal:
         elif kind == "submitted":
             entry.state = "submitted"
             entry.job_id = event.get("job_id")
-            entry.endpoint = event.get("endpoint")
-            entry.base_url = event.get("base_url")
+            endpoint = event.get("endpoint")
+            entry.endpoint = sys.intern(endpoint) if isinstance(endpoint, str) else None
         elif kind == "cancel":
-            entry.cancels.append({k: event.get(k) for k in ("job_id", "answer", "reason")})
+            if entry.cancel_notes is None:
+                entry.cancel_notes = []
+            entry.cancel_notes.append({k: event.get(k) for k in ("job_id", "answer", "reason")})
             answer = event.get("answer")
             if (entry.state == "submitted" and entry.job_id == event.get("job_id")
                     and isinstance(answer, dict) and answer.get("status") == "CANCELLED"):
