@@ -303,8 +303,8 @@ def scenario_2(ctx: Context) -> Scenario:
         "Requests the endpoint saw in rpq's first run: "
         + ", ".join(f"{k} {v}" for k, v in sorted(calls.items()))
         + "; baseline: " + ", ".join(f"{k} {v}" for k, v in sorted(base[0].server_calls.items()))
-        + ". rpq holds one /status-sync long poll per job (up to 20 s); the SDK's "
-        "Job.output() polls /status once a second.")
+        + ". rpq holds one /status-sync long poll per job; the SDK's Job.output() polls "
+        "/status once a second.")
     return sc
 
 
@@ -407,7 +407,7 @@ def scenario_3(ctx: Context) -> Scenario:
             f"the other {base_large.run_calls - base_large.completed:,} /run requests were "
             "answered 429 (the endpoint's documented /run limit) and runpod 1.12.0 does not retry "
             "a POST, so those images failed"
-            + (f" (`{base_errors[0][:90]}`)." if base_errors else "."))
+            + (f" (`{base_errors[0].split(' for url')[0][:90]}`)." if base_errors else "."))
     else:
         sc.notes.append(f"The SDK baseline completed all {s.s3_large:,} images.")
     sc.notes.append(
@@ -472,10 +472,9 @@ def scenario_4(ctx: Context) -> Scenario:
                "stall": s.s4_stall}
     sc.detail = run_table(runs)
     sc.notes.append(
-        "rpq calls a queued job stuck only once it has waited --max-queue-time (60 s) and "
-        "either the endpoint made no progress on the batch for that long or a job submitted "
-        f"after it has started; a {s.s4_stall:g} s stall and queueing behind the batch's own "
-        "jobs are neither, so it waits, as the settings say.")
+        f"With the default --max-queue-time 60, neither the {s.s4_stall:g} s stall nor "
+        "queueing behind the batch's own jobs counts as stuck, so rpq cancels and resubmits "
+        "nothing and waits, as the settings say.")
     sc.notes.append(
         "The makespan is measured from the first /run, when the cold start begins; rpq's own "
         "start-up is in the wall time of the per-run table.")
