@@ -19,13 +19,27 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+TEMP_SUFFIX = ".part"
+
+
+def sweep_temp_files(folder: Path) -> int:
+    """Remove temp files that a killed run left behind (`.NAME.XXXX.part`); returns how many."""
+    removed = 0
+    for path in folder.rglob(f".*{TEMP_SUFFIX}"):
+        with contextlib.suppress(OSError):
+            if path.is_file() and not path.is_symlink():
+                path.unlink()
+                removed += 1
+    return removed
+
+
 def atomic_write(path: Path, data: bytes | Iterable[bytes], *, fsync: bool = False) -> None:
     """Write to a temp file in the same folder, then rename it over `path`.
 
     The file gets the usual permissions (0666 less the umask), not mkstemp's private 0600.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as fh:
             os.fchmod(fh.fileno(), 0o666 & ~_UMASK)

@@ -21,6 +21,7 @@ from rpq import __version__
 from rpq.api import RunPodClient, is_transient, post_json
 from rpq.errors import APIError, InputError, RpqError, UsageError
 from rpq.extract import OutputError, decode_worker_error
+from rpq.files import sweep_temp_files
 from rpq.guards import Alerter, Guards, GuardSettings, HaltRule
 from rpq.health import diagnose
 from rpq.images import ImageFile, Skipped, content_digest, discover, prepare
@@ -242,6 +243,7 @@ class Batch:
         if self.s.fresh and journal_path.exists():
             os.replace(journal_path, journal_path.with_suffix(".jsonl.old"))
         started_wall = self.wall()
+        sweep_temp_files(self.s.out)  # half-written files of a run that was killed
         self.journal = Journal(journal_path)
         for entry in self.journal.entries.values():
             if entry.record and entry.state == "done":

@@ -111,3 +111,19 @@ def test_second_ctrl_c_cancels_everything(tmp_path: Path, make_endpoint) -> None
     assert all(e.cancels for e in journal.entries.values())
 
 
+
+
+def test_rerun_removes_temp_files_a_killed_run_left(tmp_path: Path, make_endpoint) -> None:
+    ep = make_endpoint(handler="echo")
+    src = tmp_path / "in"
+    make_images(src, 1, sub="sub")
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    torn = out / "sub" / ".img_000.png.k3j9.part"
+    torn.write_bytes(b"\x89PNG half")
+    keep = out / "notes.part"  # not one of rpq's temp files
+    keep.write_text("mine")
+    run = rpq("batch", src, "--out", out, "--no-progress", env=endpoint_env(ep))
+    assert run.code == 0, run.stderr
+    assert not torn.exists() and keep.exists()
+    assert (out / "sub" / "img_000.png").exists()
