@@ -227,7 +227,8 @@ def report(plan: Plan, results: dict[str, list[ck.Outcome]],
         "status polls (during polls), k more output files (during writes) or k more journal "
         "lines, with the kind and k in 1..6 drawn from the seed.",
         "",
-        "Checked: every image has exactly one output, the image sent, and it decodes; the "
+        "Checked: every image has exactly one output, the image sent, and it decodes; no "
+        "temp file is left at the end; the "
         "journal reads back with every image done; nothing queued or running on the server; "
         "the final metrics list every image once, completed; **no job sent again that the "
         "server already had**: the journal never shows a new `intent` after a `submitted` "
@@ -241,10 +242,10 @@ def report(plan: Plan, results: dict[str, list[ck.Outcome]],
         moments = ", ".join(f"{n} {k}" for k, n in (f.get("moments") or {}).items())
         rows.append([o.seed, f.get("kills", "-"), moments or "-", f.get("server_jobs", "-"),
                      f.get("orphaned_submits", "-"), f.get("duplicates", "-"),
-                     f.get("torn_journal_lines", "-"), f.get("leftover_temp_files", "-"),
+                     f.get("torn_journal_lines", "-"), f.get("temp_files_after_kills", "-"),
                      f"{o.checks:,}", "held" if not o.violations else "**FAILED**"])
     out += _table(["Seed", "Kills", "Moments", "Server jobs", "Orphaned submits",
-                   "Images sent twice", "Torn journal lines", "Temp files left", "Checks",
+                   "Images sent twice", "Torn journal lines", "Temp files after kills", "Checks",
                    "Result"], rows)
     out += _violations(kills)
     dup = sum(o.figures.get("duplicates", 0) for o in kills)
@@ -257,8 +258,8 @@ def report(plan: Plan, results: dict[str, list[ck.Outcome]],
         "sends it again. Kills timed on a `/run` reaching the endpoint hit that window on "
         f"purpose, with up to 8 submits in flight. Of the {orphans} submits cut off that way, "
         f"{dup} had reached the endpoint before the kill. A kill during a write can leave a "
-        "hidden "
-        "`.NAME.XXXX.part` temp file; no output file is ever partial.",
+        "hidden `.NAME.XXXX.part` temp file (counted right after each kill); the next run "
+        "removes them, and no output file is ever partial.",
     ]
 
     out += [

@@ -343,7 +343,7 @@ def kill_loop(work: Path, *, images: int, seed: int, kills: int = 20, workers: i
     args = [str(a) for a in batch_args(src, out, "--concurrency", "8")]
     orphaned: set[tuple[str, int]] = set()  # (image, attempt) of each submit cut off
     moments: Counter[str] = Counter()
-    killed = finished_early = 0
+    killed = finished_early = temp_after_kills = 0
     started = time.monotonic()
     try:
         for _ in range(kills):
@@ -374,6 +374,8 @@ def kill_loop(work: Path, *, images: int, seed: int, kills: int = 20, workers: i
                     finished_early += 1
             finally:
                 proc.wait(timeout=30)
+            if out.exists():
+                temp_after_kills += len(leftover_parts(out))  # the rerun must remove them
             if (out / JOURNAL_NAME).exists():
                 for entry in Journal(out / JOURNAL_NAME).orphans():
                     orphaned.add((entry.rel, entry.attempts))  # the next run resends it
@@ -390,6 +392,7 @@ def kill_loop(work: Path, *, images: int, seed: int, kills: int = 20, workers: i
         files = output_files(out)
         check(len(files) == len(sent), f"{len(files)} output files for {len(sent)} images")
         check(all(decodes(p.read_bytes()) for p in files), "an output file does not decode")
+        check(not leftover_parts(out), f"temp files left at the end: {leftover_parts(out)}")
         # No job resubmitted that the server already had: only submits cut off between
         # /run and its answer (orphans in the journal) may have been sent twice.
         jobs = ep.jobs()
@@ -415,7 +418,7 @@ def kill_loop(work: Path, *, images: int, seed: int, kills: int = 20, workers: i
             moments=dict(sorted(moments.items())),
             server_jobs=len(jobs), duplicates=sum(n - 1 for n in per_image.values()),
             orphaned_submits=len(orphaned), torn_journal_lines=journal.torn_lines,
-            leftover_temp_files=len(leftover_parts(out)),
+            temp_files_after_kills=temp_after_kills,
         )
     finally:
         ep.stop()
