@@ -522,6 +522,14 @@ class Batch:
 
     def _conclude(self, job: _Job, job_id: str, endpoint: str, result: PollResult,
                   submit_wall: float, submit_mono: float) -> JobRecord:
+        answer = ""
+        if result.outcome in ("stalled", "max_wait", "interrupted"):
+            answer = self._cancel(job.key, job_id, endpoint, result.reason)
+            if answer in _ENDED:
+                # It ended since our last look: collect that result, it is paid for.
+                ended = self._fetch_ended(job_id, endpoint)
+                if ended is not None:
+                    result = PollResult("terminal", ended, "", result.started_at)
         body = result.body or {}
         total = self.clock() - submit_mono
         worker = body.get("workerId")
@@ -534,7 +542,6 @@ class Batch:
             attempts=job.attempts, worker_id=worker if isinstance(worker, str) else None,
             endpoint=endpoint, timestamp=now_iso(self.wall()))
         if result.outcome in ("stalled", "max_wait", "interrupted"):
-            answer = self._cancel(job.key, job_id, endpoint, result.reason)
             kind = {"stalled": "stalled", "max_wait": "timed_out",
                     "interrupted": "cancelled"}[result.outcome]
             status = "TIMED_OUT" if result.outcome == "max_wait" else "CANCELLED"
@@ -568,6 +575,14 @@ class Batch:
             return JobRecord(status="TIMED_OUT", error="the endpoint timed the job out "
                              "(executionTimeout or ttl)", error_kind="timed_out", **base)
         return JobRecord(status="CANCELLED", error="cancelled", error_kind="cancelled", **base)
+
+    def _fetch_ended(self, job_id: str, endpoint: str) -> dict[str, Any] | None:
+        caller = self.callers.get(endpoint) or self.callers[self.primary]
+        try:
+            body = caller.call("status", partial(caller.client.status, job_id))
+        except APIError:
+            return None
+        return body if body.get("status") in _ENDED else None
 
     # -- failover ---------------------------------------------------------------------------
 

@@ -556,3 +556,31 @@ def test_a_stalled_job_that_finished_meanwhile_is_collected_not_sent_again(
     assert (out / "raced.png").read_bytes() == (src / "raced.png").read_bytes()
     job = _jobs(out)["raced.png"]
     assert job["status"] == "COMPLETED" and job["attempts"] == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_job_that_ended_while_judged_stalled_is_collected_not_lost(
+    tmp_path: Path, fake_endpoint: Callable[[Script], FakeEndpoint]
+) -> None:
+    # Every poll says IN_QUEUE, so rpq gives up on the job; but the job had in fact run, and
+    # /cancel says so. Its result is fetched and saved; nothing is sent again.
+    ended: set[str] = set()
+
+    def script(op: str, job: FakeJob | None) -> Reply | None:
+        if job is None:
+            return None
+        if op == "cancel":
+            ended.add(job.id)
+            return Reply(200, {"id": job.id, "status": "COMPLETED"})
+        if op in ("status", "status-sync") and job.id not in ended:
+            return Reply(200, {"id": job.id, "status": "IN_QUEUE"})
+        return None
+
+    fake = fake_endpoint(script)
+    src, out, template = _images(tmp_path, ["a"])
+    run = rpq(*batch_args(src, out, "--input-template", template, "--max-queue-time", "1",
+                          "--job-retries", "0"), env=fake.env())
+    assert run.code == 0, run.stderr
+    assert (out / "a.png").read_bytes() == (src / "a.png").read_bytes()
+    assert fake.calls["run"] == 1 and fake.calls["cancel"] == 1
+    assert _jobs(out)["a.png"]["status"] == "COMPLETED"

@@ -112,7 +112,7 @@ def test_health_watch_refreshes_until_ctrl_c(make_endpoint) -> None:
     ep = make_endpoint(handler="echo", workers_max=1)
     proc = rpq_process("health", "--watch", "0.5", env=endpoint_env(ep))
     try:
-        wait_for(lambda: ep.calls().get("health", 0) >= 3, timeout=20)
+        wait_for(lambda: ep.calls().get("health", 0) >= 3, timeout=60)
         proc.send_signal(signal.SIGINT)
         stdout, _ = proc.communicate(timeout=20)
     finally:
