@@ -6,10 +6,8 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import signal
 import struct
-import tempfile
 import time
 import tracemalloc
 import warnings
@@ -19,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chaoskit import shared_folder
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image, ImageCms
@@ -386,16 +385,8 @@ def _probe_unreadable(root: Path) -> dict[str, object]:
 @pytest.fixture
 def shared_dir() -> Iterator[Path]:
     """A folder an unprivileged child process can reach (pytest's folder is private)."""
-    path = Path(tempfile.mkdtemp(prefix="rpq-test-"))
-    path.chmod(0o755)
-    try:
+    with shared_folder() as path:
         yield path
-    finally:
-        # Top-down, so that each directory is opened up before the walk descends into it.
-        for parent, dirs, _files in os.walk(path):
-            for name in dirs:
-                os.chmod(os.path.join(parent, name), 0o755)
-        shutil.rmtree(path)
 
 
 def test_unreadable_file_and_directory_are_reported(shared_dir: Path) -> None:
