@@ -95,3 +95,15 @@ def test_endpoint_resolution_rules() -> None:
     with pytest.raises(UsageError, match="http://"):
         resolve_endpoint("abc", None, "http://10.0.0.5/v2", env={})
     assert resolve_endpoint("abc", None, "http://[::1]:8000/v2", env={}).base_url
+
+
+def test_netrc_never_replaces_the_key(tmp_path: Path, make_endpoint) -> None:
+    # requests would send ~/.netrc credentials instead of our Authorization header.
+    home = Path.home()
+    (home / ".netrc").write_text("machine 127.0.0.1 login someone password other-secret\n")
+    (home / ".netrc").chmod(0o600)
+    ep = make_endpoint(handler="echo", api_key=KEY)
+    src = tmp_path / "in"
+    make_images(src, 1)
+    run = rpq(*batch_args(src, tmp_path / "out"), env=endpoint_env(ep, key=KEY))
+    assert run.code == 0, run.stderr
