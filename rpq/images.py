@@ -372,7 +372,10 @@ def _open_checked(data: bytes, kind: str, rel: str, max_pixels: int) -> Image.Im
     """Open `data` with the plugin for `kind`, reading only the header, and check its size."""
     from PIL import Image
 
-    Image.init()
+    # preinit() loads the common plugins only; init() imports every one (slow at start-up).
+    Image.preinit()
+    if _PIL_FORMAT[kind] not in Image.OPEN:
+        Image.init()
     try:
         factory, _accept = Image.OPEN[_PIL_FORMAT[kind]]
     except KeyError:
