@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -52,7 +52,6 @@ class BatchResult:
     orphans: int = 0
     skipped: int = 0
     not_started: int = 0
-    notes: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> int:
@@ -246,8 +245,9 @@ class Batch:
         sweep_temp_files(self.s.out)  # half-written files of a run that was killed
         self.journal = Journal(journal_path)
         for entry in self.journal.entries.values():
-            if entry.record and entry.state == "done":
-                self.writer.claim_existing(entry.rel, entry.record.get("outputs") or [])
+            record = entry.record if entry.state == "done" else None
+            if record:
+                self.writer.claim_existing(entry.rel, record.get("outputs") or [])
         self.orphans = len(self.journal.orphans())
         self.tracker.total = self._count()
         self.reporter.start(self.tracker)
@@ -625,9 +625,10 @@ class Batch:
         """Same content and settings as a job already done: reuse its result."""
         assert self.journal is not None
         entry = self.journal.get(key)
-        if entry is None or entry.record is None:
+        saved = entry.record if entry is not None else None
+        if entry is None or saved is None:
             return
-        record = JobRecord.from_dict(entry.record)
+        record = JobRecord.from_dict(saved)
         if entry.state == "done" and record.input != rel:
             try:
                 record.outputs = self.writer.copy_outputs(record.outputs, rel)

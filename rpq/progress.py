@@ -6,7 +6,7 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, TextIO
 
 from rpq.metrics import JobRecord, percentile
@@ -30,7 +30,6 @@ class Snapshot:
     errors: list[str]
     health: dict[str, Any] | None
     spend: float | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 class Tracker:
@@ -144,13 +143,6 @@ class PlainReporter:
         print(text, file=self.stream, flush=True)
 
     def stop(self) -> None:
-        pass
-
-
-class QuietReporter(PlainReporter):
-    """Messages only (for --json runs that want a clean stderr too)."""
-
-    def job_done(self, record: JobRecord, skipped: bool = False) -> None:
         pass
 
 
