@@ -89,19 +89,24 @@ def sniff_format(data: bytes) -> str | None:
 
 
 def safe_name(name: str | None) -> str | None:
-    """Reduce an untrusted filename to a safe stem: no folders, no '..', no control characters."""
+    """Reduce an untrusted filename to a safe stem: no folders, no dots, no control characters.
+
+    Idempotent: a stem it returns comes back unchanged, so a name never shrinks on a second pass.
+    """
     if not name or not isinstance(name, str):
         return None
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
-    base = "".join(ch for ch in base if unicodedata.category(ch)[0] != "C")
+    # Windows drops trailing dots and spaces, so `x.png.` names the same file as `x.png`.
+    base = "".join(ch for ch in base if unicodedata.category(ch)[0] != "C").rstrip(". ")
     stem, dot, _ext = base.rpartition(".")
     if dot and stem.strip(". "):
         base = stem
-    cleaned = "".join(ch if ch.isalnum() or ch in "-_. " else "_" for ch in base)
-    cleaned = re.sub(r"\.{2,}", ".", cleaned).strip(". ")[:100].strip(". ")
+    # Inner dots become `_`: a dot left in the stem would read as an extension next time.
+    cleaned = "".join(ch if ch.isalnum() or ch in "-_ " else "_" for ch in base.strip(". "))
+    cleaned = cleaned[:100].rstrip(" ")
     if not cleaned:
         return None
-    if cleaned.split(".", 1)[0].lower() in _WINDOWS_RESERVED:
+    if cleaned.lower() in _WINDOWS_RESERVED:
         cleaned = "_" + cleaned
     return cleaned
 

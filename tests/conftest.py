@@ -10,8 +10,15 @@ from typing import Any
 import pytest
 import requests
 from helpers import Gate
+from hypothesis import settings
 
 from rpq.local import LocalEndpoint
+
+# CI explores the same examples every run (a red build is reproducible); locally, each run
+# explores new ones. `HYPOTHESIS_PROFILE=ci` reproduces CI on a laptop.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("dev")
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 _CLEARED = ("RUNPOD_API_KEY", "RUNPOD_ENDPOINT_ID", "RUNPOD_ENDPOINT_BASE_URL")
 

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -185,7 +185,11 @@ def test_worker_errors_become_one_bounded_line(error: object) -> None:
 
 
 @given(st.text())
+@example("x.png.")  # was `x.png`, then `x` on a second pass
+@example("a.b.c")
+@example("con" + " " * 97 + "x")  # cut to `con`, a reserved name, only after the check
 def test_safe_name_is_stable(name: str) -> None:
     once = safe_name(name)
     if once is not None:
         assert safe_name(once) == once
+        assert "." not in once and len(once) <= 100

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import requests
 from batchkit import batch_args, endpoint_env, rpq
+from helpers import wait_for
 from imaging import make_images, png_bytes
 from typer.testing import CliRunner
 from urllib3.util import parse_url
@@ -184,9 +185,17 @@ def test_serve_logs_no_key(make_endpoint: Any, capfd: pytest.CaptureFixture[str]
         r = requests.get(f"{ep.url}/health", headers={"Authorization": f"Bearer {key}"},
                          timeout=5)
         assert KEY not in r.text
-    captured = capfd.readouterr()
-    assert "/health 200" in captured.err and "/health 401" in captured.err
-    assert KEY not in captured.out + captured.err
+    # The server writes its access line after the response has gone out: wait for both lines.
+    seen = {"out": "", "err": ""}
+
+    def both_lines_logged() -> bool:
+        captured = capfd.readouterr()
+        seen["out"] += captured.out
+        seen["err"] += captured.err
+        return "/health 200" in seen["err"] and "/health 401" in seen["err"]
+
+    wait_for(both_lines_logged, message="both access lines on stderr")
+    assert KEY not in seen["out"] + seen["err"]
 
 
 # --- rpq serve --------------------------------------------------------------------------------
