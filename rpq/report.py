@@ -24,6 +24,7 @@ __all__ = [
     "SlaTarget",
     "build_report",
     "cold_start_flags",
+    "combine",
     "failure_cause",
     "parse_sla",
     "plot_timeline",
@@ -106,8 +107,9 @@ def build_report(
     source: str = "",
     baseline: Metrics | None = None,
     baseline_source: str = "",
+    merged: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Everything `rpq report` shows, as one JSON-ready dict."""
+    """Everything `rpq report` shows, as one JSON-ready dict; `merged` comes from combine()."""
     jobs = metrics.jobs
     cold = cold_start_flags(jobs)
     summary = _summary(metrics, cold)
@@ -126,11 +128,47 @@ def build_report(
         "cost": _cost(jobs, cold, options.cost_per_hour),
         "compare": None,
         "plot": None,
+        "merged": dict(merged) if merged and len(merged["files"]) > 1 else None,
     }
     if baseline is not None:
         other = _summary(baseline, cold_start_flags(baseline.jobs))
         report["compare"] = _compare(summary, other, baseline_source)
     return report
+
+
+def combine(parts: Sequence[Metrics], sources: Sequence[str]) -> tuple[Metrics, dict[str, Any]]:
+    """Several metrics files (one per shard or machine) as one run, and what was merged.
+
+    Jobs are pooled, so percentiles, SLA and throughput are those of the whole run (wall time
+    from the first submit of any part to the last result of any). An input found in more than
+    one file is counted once per file and named in `overlap`: shards never overlap, so it
+    means a part was given twice or two runs of the same images were mixed.
+    """
+    if len(parts) == 1:
+        return parts[0], {"files": list(sources), "overlap": {"count": 0, "examples": []}}
+    # In submission order, as one machine would have written them.
+    jobs = sorted((job for part in parts for job in part.jobs),
+                  key=lambda j: math.inf if j.submit_time is None else j.submit_time)
+    owner: dict[str, int] = {}
+    repeated: list[str] = []
+    for number, part in enumerate(parts):
+        for name in {job.input for job in part.jobs}:
+            if owner.setdefault(name, number) != number:
+                repeated.append(name)
+    runs = [
+        {"source": src, "jobs": len(part.jobs), "start": part.run.get("start"),
+         "end": part.run.get("end"), "shard": _shard_of_run(part.run)}
+        for src, part in zip(sources, parts, strict=True)
+    ]
+    merged = Metrics(stats=summarize(jobs), jobs=jobs, run={"parts": runs})
+    overlap = {"count": len(set(repeated)), "examples": sorted(set(repeated))[:5]}
+    return merged, {"files": list(sources), "parts": runs, "overlap": overlap}
+
+
+def _shard_of_run(run: Mapping[str, object]) -> str | None:
+    settings = run.get("settings")
+    shard = settings.get("shard") if isinstance(settings, dict) else None
+    return shard if isinstance(shard, str) else None
 
 
 # --- figures ---------------------------------------------------------------------------------
@@ -316,6 +354,8 @@ def render_text(report: Mapping[str, Any], console: Console) -> None:
 
     s = report["summary"]
     console.print(f"[bold]rpq report[/bold] {report['source']}")
+    if report.get("merged"):
+        _render_merged(report["merged"], console)
     console.print(
         f"jobs {s.get('total_jobs', 0)} · completed {s.get('completed', 0)} · "
         f"failed {s.get('failed', 0)} · success {_fmt(s.get('success_rate'))}% · "
@@ -340,6 +380,20 @@ def render_text(report: Mapping[str, Any], console: Console) -> None:
         _render_compare(report["compare"], console, Table)
     if report["plot"]:
         console.print(f"timeline plot: {report['plot']}")
+
+
+def _render_merged(merged: Mapping[str, Any], console: Console) -> None:
+    parts = ", ".join(
+        f"{p['source']} ({p['jobs']} jobs" + (f", shard {p['shard']})" if p["shard"] else ")")
+        for p in merged["parts"]
+    )
+    console.print(f"one run from {len(merged['parts'])} files: {parts}")
+    overlap = merged["overlap"]
+    if overlap["count"]:
+        console.print(
+            f"[yellow]note[/yellow]: {overlap['count']} input(s) appear in more than one file "
+            f"(e.g. {', '.join(overlap['examples'])}); each copy is counted"
+        )
 
 
 def _render_sla(sla: Mapping[str, Any], console: Console) -> None:

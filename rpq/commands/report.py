@@ -15,11 +15,12 @@ _SLA_HELP = (
 
 def report(
     metrics: Annotated[
-        Path,
+        list[Path],
         typer.Argument(
-            help="job_metrics.json written by `rpq batch` (or the folder holding it).",
+            help="job_metrics.json written by `rpq batch` (or the folder holding it); several "
+            "(one per --shard or machine) are reported as one run.",
             show_default=False,
-            metavar="METRICS.json",
+            metavar="METRICS.json...",
         ),
     ],
     sla: Annotated[
@@ -56,6 +57,10 @@ def report(
 ) -> None:
     """Summarise a run: latency percentiles, SLA check, failures, slowest jobs, cost.
 
+    Several metrics files (the shards of one input, run on several machines) are pooled into
+    one run: percentiles and SLA over every job, wall time from the first submit to the last
+    result; an input found in more than one file is named in a note.
+
     The report goes to stdout (tables, or JSON with --json); notes go to stderr.
     Exit code 0 when every SLA line passes, 1 when one fails, 2 for a bad file or option.
     Cold starts are taken from the run's records; where unknown, a job counts as one when its
@@ -70,15 +75,23 @@ def report(
     options = rep.ReportOptions(
         sla=rep.parse_sla(sla), slowest=slowest, cost_per_hour=cost_per_hour
     )
-    current = load_metrics(metrics)
+    sources = [str(path) for path in metrics]
+    current, merged = rep.combine([load_metrics(path) for path in metrics], sources)
     baseline = load_metrics(compare) if compare is not None else None
     document = rep.build_report(
         current,
         options,
-        source=str(metrics),
+        source=", ".join(sources),
         baseline=baseline,
         baseline_source=str(compare or ""),
+        merged=merged,
     )
+    if merged["overlap"]["count"]:
+        typer.echo(
+            f"note: {merged['overlap']['count']} input(s) appear in more than one metrics file; "
+            "shards never overlap, so a file may have been given twice",
+            err=True,
+        )
     if plot is not None:
         rep.plot_timeline(current.jobs, plot)
         document["plot"] = str(plot)
