@@ -9,7 +9,6 @@ The key is kept out of every repr; `http://` is accepted for loopback hosts only
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import sys
 from dataclasses import dataclass, field
@@ -18,6 +17,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from rpq.errors import UsageError
+from rpq.hosts import is_loopback
+from rpq.options import option, public_values
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -37,10 +38,6 @@ class EndpointSettings:
     api_key: str | None = field(default=None, repr=False)
     local: bool = False
 
-    @property
-    def url(self) -> str:
-        return f"{self.base_url.rstrip('/')}/{self.endpoint_id}"
-
 
 def config_file_key(home: Path | None = None) -> str | None:
     """`[default] api_key` from ~/.runpod/config.toml, as the official SDK reads it."""
@@ -57,15 +54,6 @@ def config_file_key(home: Path | None = None) -> str | None:
     section = data.get("default")
     key = section.get("api_key") if isinstance(section, dict) else None
     return key if isinstance(key, str) and key else None
-
-
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_base_url(base_url: str) -> str:
@@ -111,79 +99,134 @@ def resolve_endpoint(
     )
 
 
+# Option groups of `rpq batch --help`, in the order they are shown.
+ENDPOINT, INPUT, REQUEST, FLOW, OUTPUT, ALERTS = (
+    "Endpoint", "Input", "Request", "Flow control", "Output", "Alerts and cost")
+
+
+def _format(text: str) -> str:
+    fmt = text.strip().lower()
+    if fmt not in ("png", "jpeg", "jpg", "webp"):
+        raise ValueError(f"{text!r}: use png, jpeg or webp")
+    return "jpeg" if fmt == "jpg" else fmt
+
+
+def _poll_mode(text: str) -> str:
+    if text not in ("auto", "sync", "status"):
+        raise ValueError(f"{text!r}: use auto, sync or status")
+    return text
+
+
 @dataclass(frozen=True, kw_only=True)
 class BatchSettings:
-    """Everything `rpq batch` needs, after validation; the CLI builds it, nothing mutates it."""
+    """Everything the engine needs for `rpq batch`, after validation; nothing mutates it.
+
+    Each field set on the command line declares its option here, once (see rpq.options).
+    """
 
     root: Path
-    out: Path
     endpoint: EndpointSettings
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    recursive: bool = True
-    template: Path | None = None
-    workflow: Path | None = None
-    max_side: int | None = None
-    fmt: str | None = None
-    execution_timeout: float | None = None
-    ttl: float | None = None
-    low_priority: bool = False
-    concurrency: int = 8
-    rate: str | None = None
-    max_retries: int = 3
-    max_queue_time: float = 60.0
-    job_retries: int = 1
-    max_wait: float = 600.0
-    output_key: str | None = None
-    save_json: bool = False
-    retry_failed: bool = False
-    fresh: bool = False
-    metrics: Path | None = None
-    json_summary: bool = False
-    dry_run: bool = False
-    progress: str = "auto"  # auto | live | plain | none
-    poll_mode: str = "auto"  # auto | sync | status
+    out: Path = option("--out", "-o", metavar="DIR", group=OUTPUT,
+                       help="Output folder (default: FOLDER_out next to FOLDER).")
+    include: tuple[str, ...] = option(
+        "--include", default=(), metavar="GLOB", group=INPUT,
+        help="Only files matching this glob (repeatable), e.g. '*.jpg'.")
+    exclude: tuple[str, ...] = option(
+        "--exclude", default=(), metavar="GLOB", group=INPUT,
+        help="Skip files matching this glob (repeatable).")
+    recursive: bool = option("--recursive/--no-recursive", default=True, group=INPUT,
+                             help="Descend into subfolders.")
+    template: Path | None = option(
+        "--input-template", default=None, metavar="FILE.json", group=REQUEST,
+        help="JSON request template with {{image_base64}} etc.")
+    workflow: Path | None = option(
+        "--workflow", default=None, metavar="FILE.json", group=REQUEST,
+        help="ComfyUI workflow (API format) for a worker-comfyui endpoint.")
+    max_side: int | None = option(
+        "--max-side", default=None, min=16, metavar="PX", group=REQUEST,
+        help="Downscale so the long side is at most PX before sending.")
+    fmt: str | None = option(
+        "--format", default=None, metavar="png|jpeg|webp", group=REQUEST, parse=_format,
+        help="Re-encode before sending.")
+    execution_timeout: float | None = option(
+        "--execution-timeout", default=None, min=1, metavar="SECONDS", group=REQUEST,
+        help="policy.executionTimeout: the endpoint stops a job running longer.")
+    ttl: float | None = option(
+        "--ttl", default=None, min=1, metavar="SECONDS", group=REQUEST,
+        help="policy.ttl: a job's lifetime from submission.")
+    low_priority: bool = option("--low-priority", default=False, group=REQUEST,
+                                help="policy.lowPriority: do not trigger scale-up.")
+    concurrency: int = option("--concurrency", "-c", default=8, min=1, max=400, metavar="N",
+                              group=FLOW, help="Jobs in flight at once.")
+    rate: str | None = option("--rate", default=None, metavar="N/SECONDS", group=FLOW,
+                              help="Cap submissions, e.g. 5/60.")
+    max_retries: int = option("--max-retries", default=3, min=0, metavar="N", group=FLOW,
+                              help="Retries of one request on 429, 5xx or connection errors.")
+    max_queue_time: float = option(
+        "--max-queue-time", default=60.0, min=1, metavar="SECONDS", group=FLOW,
+        help="Without progress for this long, a queued job counts as stuck (cancelled and "
+        "resubmitted).")
+    job_retries: int = option("--job-retries", default=1, min=0, metavar="N", group=FLOW,
+                              help="Resubmissions of a stuck job.")
+    max_wait: float = option("--max-wait", default=600.0, min=1, metavar="SECONDS", group=FLOW,
+                             help="Longest one job may take in all; then cancel and fail.")
+    poll_mode: str = option(
+        "--poll", default="auto", metavar="auto|sync|status", group=FLOW, parse=_poll_mode,
+        help="sync: status-sync long polls; status: adaptive /status polls.")
+    fallback_endpoint: str | None = option(
+        "--fallback-endpoint", default=None, metavar="ID|URL", group=ENDPOINT,
+        help="Endpoint id (same base URL and key) or full endpoint URL to move queued jobs to "
+        "when the endpoint is unhealthy or stalls.")
+    output_key: str | None = option(
+        "--output-key", default=None, metavar="PATH", group=OUTPUT,
+        help="Dotted path of the image inside the output, e.g. images.0.data.")
+    save_json: bool = option("--save-json", default=False, group=OUTPUT,
+                             help="Also write each job's JSON next to its image.")
+    retry_failed: bool = option("--retry-failed", default=False, group=OUTPUT,
+                                help="Retry images that failed in an earlier run.")
+    fresh: bool = option("--fresh", default=False, group=OUTPUT,
+                         help="Ignore the journal: redo everything.")
+    metrics: Path | None = option(
+        "--metrics", default=None, metavar="FILE.json", group=OUTPUT,
+        help="Where to write job_metrics.json (default: DIR/job_metrics.json).")
     download_max_mb: int = 100
-    fallback_endpoint: str | None = None
-    alert_webhook: str | None = None
-    alert_queue_time: float = 60.0
-    alert_process_time: float = 120.0
-    alert_failure_rate: float = 20.0
-    cost_per_hour: float | None = None
-    budget: float | None = None
-    halt_on_fail: str | None = None
+    alert_webhook: str | None = option(
+        "--alert-webhook", default=None, metavar="URL", group=ALERTS, secret=True,
+        help="POST alerts and the final summary here (Slack/Discord compatible JSON).")
+    alert_queue_time: float = option(
+        "--alert-queue-time", default=60.0, min=0, metavar="SECONDS", group=ALERTS,
+        help="Alert when a job waits longer in the queue.")
+    alert_process_time: float = option(
+        "--alert-process-time", default=120.0, min=0, metavar="SECONDS", group=ALERTS,
+        help="Alert when a job runs longer.")
+    alert_failure_rate: float = option(
+        "--alert-failure-rate", default=20.0, min=0, max=100, metavar="PERCENT", group=ALERTS,
+        help="Alert when this share of finished jobs failed.")
+    cost_per_hour: float | None = option(
+        "--cost-per-hour", default=None, min=0, metavar="PRICE", group=ALERTS,
+        help="Worker price in USD per hour, for the live spend.")
+    budget: float | None = option(
+        "--budget", default=None, min=0, metavar="PRICE", group=ALERTS,
+        help="Stop submitting when the estimated spend reaches this many USD (needs "
+        "--cost-per-hour).")
+    halt_on_fail: str | None = option(
+        "--halt-on-fail", default=None, metavar="N|PERCENT%", group=ALERTS,
+        help="Stop submitting when this many (e.g. 5) or this share (e.g. 20%) of finished "
+        "jobs failed.")
+
+    def __post_init__(self) -> None:
+        if self.budget is not None and self.cost_per_hour is None:
+            raise UsageError("--budget needs --cost-per-hour to estimate the spend.")
 
     @property
     def metrics_path(self) -> Path:
         return self.metrics or self.out / "job_metrics.json"
 
     def public(self) -> dict[str, Any]:
-        """The settings recorded in job_metrics.json: never the key."""
+        """The settings recorded in job_metrics.json: never the key or the webhook URL."""
         return {
             "root": str(self.root),
-            "out": str(self.out),
             "endpoint": self.endpoint.endpoint_id,
             "base_url": self.endpoint.base_url or "(built-in local endpoint)",
-            "include": list(self.include),
-            "exclude": list(self.exclude),
-            "recursive": self.recursive,
-            "template": str(self.template) if self.template else None,
-            "workflow": str(self.workflow) if self.workflow else None,
-            "max_side": self.max_side,
-            "format": self.fmt,
-            "execution_timeout": self.execution_timeout,
-            "ttl": self.ttl,
-            "low_priority": self.low_priority,
-            "concurrency": self.concurrency,
-            "rate": self.rate,
-            "max_retries": self.max_retries,
-            "max_queue_time": self.max_queue_time,
-            "job_retries": self.job_retries,
-            "max_wait": self.max_wait,
-            "output_key": self.output_key,
-            "fallback_endpoint": self.fallback_endpoint,
-            "alert_webhook": bool(self.alert_webhook),
-            "cost_per_hour": self.cost_per_hour,
-            "budget": self.budget,
-            "halt_on_fail": self.halt_on_fail,
+            **public_values(self),
         }

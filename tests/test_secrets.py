@@ -88,7 +88,8 @@ def test_endpoint_resolution_rules() -> None:
     assert resolve_endpoint(None, None, None, env={}).local
     assert resolve_endpoint("local", None, None, env={}).local
     remote = resolve_endpoint("local", None, "http://127.0.0.1:8000/v2", env={})
-    assert not remote.local and remote.url == "http://127.0.0.1:8000/v2/local"
+    assert not remote.local and remote.endpoint_id == "local"
+    assert remote.base_url == "http://127.0.0.1:8000/v2"
     assert resolve_endpoint("abc", None, None, env={}).base_url == "https://api.runpod.ai/v2"
     with pytest.raises(UsageError, match="RUNPOD_ENDPOINT_ID"):
         resolve_endpoint(None, None, "https://x.example/v2", env={})

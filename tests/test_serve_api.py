@@ -537,16 +537,16 @@ def test_bad_config_is_value_error(kwargs: dict) -> None:
         LocalEndpoint(**kwargs)
 
 
-def test_signature_matches_config() -> None:
-    import dataclasses
-    import inspect
-
+def test_config_plus_overrides() -> None:
     from rpq.local import EndpointConfig
 
-    params = inspect.signature(LocalEndpoint).parameters
-    fields = {f.name: f.default for f in dataclasses.fields(EndpointConfig)}
-    assert {name: p.default for name, p in params.items()} == fields
-    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params.values())
+    base = EndpointConfig(handler="echo", workers_max=5, endpoint_id="base")
+    ep = LocalEndpoint(base, workers_max=2)
+    assert ep.config == EndpointConfig(handler="echo", workers_max=2, endpoint_id="base")
+    assert base.workers_max == 5  # the config passed in is not changed
+    assert LocalEndpoint(workers_min=1).config.workers_min == 1
+    with pytest.raises(TypeError, match="workers"):
+        LocalEndpoint(base, workers=2)
 
 
 def test_stop_is_prompt_with_running_jobs(http: requests.Session) -> None:

@@ -14,8 +14,7 @@ import requests
 from typer.testing import CliRunner
 
 from rpq.cli import app
-from rpq.commands.serve import parse_process_time, parse_rate_limits
-from rpq.errors import UsageError
+from rpq.local.config import parse_process_time, parse_rate_limits
 
 RPQ = Path(sys.executable).with_name("rpq")
 LINE = re.compile(
@@ -61,7 +60,8 @@ def test_serve_subprocess_stops_cleanly(sig: signal.Signals) -> None:
     ("args", "words"),
     [
         (["--workers-max", "0"], "--workers-max must be >= 1"),
-        (["--workers-min", "5"], "--workers-min"),
+        (["--workers-min", "5"], "--workers-min must be between 0 and --workers-max - --throttled"),
+        (["--throttled", "9"], "--throttled must be between 0 and --workers-max"),
         (["--faults", "boom=1"], "--faults: unknown fault kind"),
         (["--process-time", "fast"], "--process-time"),
         (["--process-time", "2-1"], "--process-time"),
@@ -70,7 +70,7 @@ def test_serve_subprocess_stops_cleanly(sig: signal.Signals) -> None:
         (["--handler", "nope"], "unknown handler"),
         (["--rate-limits", "run=x"], "--rate-limits"),
         (["--rate-limits", "walk=3"], "unknown operation 'walk'"),
-        (["--endpoint-id", "a/b"], "--endpoint-id"),
+        (["--endpoint-id", "a/b"], "--endpoint-id 'a/b' must be letters, digits"),
     ],
 )
 def test_usage_errors(args: list[str], words: str) -> None:
@@ -98,7 +98,7 @@ def test_option_parsers() -> None:
     assert parse_rate_limits("default") is None
     assert parse_rate_limits("off") == {}
     assert parse_rate_limits("run=5, status=100") == {"run": 5, "status": 100}
-    with pytest.raises(UsageError):
+    with pytest.raises(ValueError, match="seconds"):
         parse_process_time("-1")
-    with pytest.raises(UsageError):
+    with pytest.raises(ValueError, match="N >= 1"):
         parse_rate_limits("run=0")

@@ -23,8 +23,9 @@ from rpq.api import RunPodClient
 from rpq.cli import app
 from rpq.errors import APIError, UsageError
 from rpq.extract import OutputError
+from rpq.hosts import is_loopback
 from rpq.local import LocalEndpoint
-from rpq.settings import check_base_url, is_loopback
+from rpq.settings import check_base_url
 from rpq.write import ResultWriter
 
 KEY = "rpq_TRUSTKEY_0a1b2c3d4e5f"
@@ -52,6 +53,24 @@ def test_accepted_urls_connect_where_they_say(url: str) -> None:
     accepted = check_base_url(url)
     host = parse_url(accepted).host or ""  # what requests (urllib3) will connect to
     assert accepted.startswith("https://") or is_loopback(host.strip("[]"))
+
+
+@pytest.mark.parametrize(("host", "loopback"), [
+    ("127.0.0.1", True), ("127.9.9.9", True), ("LocalHost", True), ("::1", True),
+    ("::ffff:127.0.0.1", True), ("localhost.localdomain", False), ("app.localhost", False),
+    ("localhost.", False), ("0.0.0.0", False), ("::", False), ("::ffff:10.0.0.1", False),
+    ("10.1.2.3", False),
+])
+def test_one_loopback_rule_for_plain_http_and_a_keyless_serve(host: str, loopback: bool) -> None:
+    url = f"http://[{host}]:8000/v2" if ":" in host else f"http://{host}:8000/v2"
+    if loopback:
+        check_base_url(url)
+        LocalEndpoint(host=host)  # constructing does not bind
+    else:
+        with pytest.raises(UsageError, match="refusing plain http"):
+            check_base_url(url)
+        with pytest.raises(ValueError, match="API key"):
+            LocalEndpoint(host=host)
 
 
 def test_a_fallback_endpoint_url_over_plain_http_is_refused(tmp_path: Path,

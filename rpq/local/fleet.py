@@ -13,12 +13,13 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rpq.local.faults import FaultDice, FaultSpec, parse_faults
-from rpq.local.handlers import Handler, HandlerFunc, Outcome, call_handler, runpod_error
+from rpq.local.config import EndpointConfig
+from rpq.local.faults import FaultDice, parse_faults
+from rpq.local.handlers import Handler, Outcome, call_handler, runpod_error
 
 log = logging.getLogger("rpq.serve")
 
@@ -36,138 +37,7 @@ WAITING = "waiting"
 RUNNING = "running"
 UNHEALTHY = "unhealthy"
 
-MB = 1024 * 1024
 BODY_CACHE_LIMIT = 64 * 1024
-
-# Documented per-endpoint limits per 10 s window (retry and health have none documented).
-DEFAULT_RATE_LIMITS: dict[str, int] = {
-    "run": 1000,
-    "runsync": 2000,
-    "status": 2000,
-    "status-sync": 2000,
-    "stream": 2000,
-    "cancel": 100,
-    "purge-queue": 2,
-}
-OPS: tuple[str, ...] = (
-    "run",
-    "runsync",
-    "status",
-    "status-sync",
-    "stream",
-    "cancel",
-    "retry",
-    "purge-queue",
-    "health",
-)
-
-
-@dataclass(frozen=True, kw_only=True)
-class EndpointConfig:
-    """Everything a LocalEndpoint needs. Times are seconds; wire values are milliseconds.
-
-    rate_limits: None = the documented limits; a dict replaces them (only the ops it
-    names are limited), so {} disables rate limiting.
-    workers_min workers are always on: they cold-start once at start() and are never
-    released; other workers start on demand and leave after idle_timeout.
-    """
-
-    endpoint_id: str = "local"
-    api_key: str | None = field(default=None, repr=False)
-    host: str = "127.0.0.1"
-    port: int = 0
-    handler: str | HandlerFunc = "echo"
-    workers_max: int = 3
-    workers_min: int = 0
-    idle_timeout: float = 5.0
-    cold_start: float = 0.0
-    process_time: float | tuple[float, float] = 0.0
-    faults: str | FaultSpec = ""
-    seed: int | None = None
-    rate_limits: Mapping[str, int] | None = None
-    rate_window: float = 10.0
-    run_retention: float = 1800.0
-    sync_retention: float = 60.0
-    throttled: int = 0
-    slow_delay: float = 1.0
-    crash_downtime: float = 1.0
-    execution_timeout: float = 600.0
-    ttl: float = 86400.0
-    stream_wait: float = 10.0
-    webhook_attempts: int = 3
-    webhook_retry_interval: float = 10.0
-    webhook_timeout: float = 10.0
-    max_body_run: int = 10 * MB
-    max_body_runsync: int = 20 * MB
-    log_requests: bool = False
-
-    def __post_init__(self) -> None:
-        _check(bool(self.endpoint_id) and all(
-            (c.isascii() and c.isalnum()) or c in "-_" for c in self.endpoint_id
-        ), f"endpoint id {self.endpoint_id!r} must be letters, digits, '-' or '_'")
-        _check(_is_int(self.port) and 0 <= self.port <= 65535, "port must be 0..65535")
-        _check(_is_int(self.workers_max) and self.workers_max >= 1, "workers_max must be >= 1")
-        _check(_is_int(self.throttled) and 0 <= self.throttled <= self.workers_max,
-               "throttled must be between 0 and workers_max")
-        _check(_is_int(self.workers_min)
-               and 0 <= self.workers_min <= self.workers_max - self.throttled,
-               "workers_min must be between 0 and workers_max - throttled")
-        for name in ("idle_timeout", "cold_start", "run_retention", "sync_retention",
-                     "slow_delay", "crash_downtime", "webhook_retry_interval", "rate_window"):
-            value = getattr(self, name)
-            _check(_is_number(value) and value >= 0, f"{name} must be a number >= 0")
-        for name in ("execution_timeout", "ttl", "stream_wait", "webhook_timeout"):
-            value = getattr(self, name)
-            _check(_is_number(value) and value > 0, f"{name} must be a number > 0")
-        _check(_is_int(self.webhook_attempts) and self.webhook_attempts >= 1,
-               "webhook_attempts must be >= 1")
-        _check(_is_int(self.max_body_run) and self.max_body_run > 0, "max_body_run must be > 0")
-        _check(_is_int(self.max_body_runsync) and self.max_body_runsync > 0,
-               "max_body_runsync must be > 0")
-        self.process_range()
-        if self.rate_limits is not None:
-            for op, limit in self.rate_limits.items():
-                _check(op in OPS, f"rate limit for unknown operation {op!r}; use one of "
-                       + ", ".join(OPS))
-                _check(_is_int(limit) and limit >= 1, f"rate limit for {op} must be an int >= 1")
-
-    def process_range(self) -> tuple[float, float]:
-        """process_time as a (lo, hi) range in seconds."""
-        pt: Any = self.process_time
-        if _is_number(pt) and pt >= 0:
-            return float(pt), float(pt)
-        if (
-            isinstance(pt, (tuple, list))
-            and len(pt) == 2
-            and all(_is_number(v) for v in pt)
-            and 0 <= pt[0] <= pt[1]
-        ):
-            return float(pt[0]), float(pt[1])
-        raise ValueError(
-            f"process_time must be seconds >= 0 or a (lo, hi) pair with 0 <= lo <= hi, "
-            f"not {pt!r}"
-        )
-
-    def limits(self) -> dict[str, int]:
-        return dict(DEFAULT_RATE_LIMITS if self.rate_limits is None else self.rate_limits)
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )
-
 
 @dataclass(frozen=True)
 class JobRequest:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-HandlerFunc = Callable[[dict[str, Any]], Any]
+from rpq.local.config import HandlerFunc
 
 RUNPOD_VERSION = "rpq-local"
 

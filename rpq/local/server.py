@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import ipaddress
 import json
 import logging
 import math
@@ -15,23 +14,23 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from rpq.local.faults import FaultSpec
+from rpq.hosts import is_loopback
+from rpq.local.config import OPS, EndpointConfig
 from rpq.local.fleet import (
-    OPS,
-    EndpointConfig,
     Fleet,
     JobConflict,
     JobNotFound,
     JobRequest,
     _dumps,
 )
-from rpq.local.handlers import HandlerFunc, resolve_handler
+from rpq.local.handlers import resolve_handler
 
 log = logging.getLogger("rpq.serve")
 
@@ -146,15 +145,6 @@ def _policy_ms(policy: dict[str, Any], key: str) -> float | None:
     return float(value) / 1000.0
 
 
-def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
@@ -254,12 +244,12 @@ class _RequestHandler(BaseHTTPRequestHandler):
         if len(parts) < 4 or parts[0] != "" or parts[1] != "v2" or parts[3] not in ROUTES:
             raise _Answer(404, f"no route {path}; the API is /v2/{{endpoint_id}}/{{operation}}")
         op = parts[3]
-        ep._count(op)
+        ep.count_call(op)
         methods, takes_id = ROUTES[op]
         extra = parts[4:]
         if len(extra) > (1 if takes_id else 0):
             raise _Answer(404, f"no route {path}")
-        if not self._authorized(ep):
+        if not ep.authorized(self.headers.get("Authorization")):
             raise _Answer(
                 401,
                 "missing or wrong API key: send 'Authorization: Bearer <key>'",
@@ -271,7 +261,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
             raise _Answer(
                 405, f"{method} is not allowed on {op}", (("Allow", ", ".join(methods)),)
             )
-        retry_after = ep._limiter.check(op)
+        retry_after = ep.rate_limited(op)
         if retry_after is not None:
             raise _Answer(
                 429,
@@ -279,9 +269,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 (("Retry-After", str(max(1, math.ceil(retry_after)))),),
             )
         if op != "health":
-            fault, slow = ep._fleet.dice.http_fault()
-            if slow and ep._stopped.wait(ep.config.slow_delay):
-                raise _Drop()
+            fault = ep.http_fault()
             if fault == "drop":
                 raise _Drop()
             if fault == "500":
@@ -299,31 +287,18 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self._finish_body()
         getattr(self, "_op_" + op.replace("-", "_"))(ep, job_id, query)
 
-    def _authorized(self, ep: LocalEndpoint) -> bool:
-        key = ep._key
-        if key is None:
-            return True
-        header = self.headers.get("Authorization")
-        if not header:
-            return False
-        token = header.strip()
-        if token[:7].lower() == "bearer ":
-            token = token[7:].strip()
-        # Header text was decoded as latin-1, so this gives back the bytes that were sent.
-        return hmac.compare_digest(token.encode("latin-1", "replace"), key)
-
     # ---- operations --------------------------------------------------------------------
 
     def _op_run(self, ep: LocalEndpoint, _: str, query: str) -> None:
         request = self._job_request(ep.config.max_body_run)
-        job = ep._fleet.submit(request, sync=False)
+        job = ep.fleet.submit(request, sync=False)
         self._send(200, {"id": job.id, "status": "IN_QUEUE"})
 
     def _op_runsync(self, ep: LocalEndpoint, _: str, query: str) -> None:
         wait = _wait_seconds(query, 90_000, 1_000, 300_000)
         request = self._job_request(ep.config.max_body_runsync)
-        job = ep._fleet.submit(request, sync=True)
-        doc = ep._fleet.wait_terminal(job.id, wait)
+        job = ep.fleet.submit(request, sync=True)
+        doc = ep.fleet.wait_terminal(job.id, wait)
         if doc is None:
             raise _Answer(404, f"job {job.id} expired before it finished")
         if doc["status"] not in ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"):
@@ -331,44 +306,44 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self._send(200, doc)
 
     def _op_status(self, ep: LocalEndpoint, job_id: str, query: str) -> None:
-        body = ep._fleet.status_body(job_id)
+        body = ep.fleet.status_body(job_id)
         if body is None:
             raise _not_found(job_id)
         self._send_bytes(200, body)
 
     def _op_status_sync(self, ep: LocalEndpoint, job_id: str, query: str) -> None:
         wait = _wait_seconds(query, 90_000, 1_000, 90_000)
-        doc = ep._fleet.wait_terminal(job_id, wait)
+        doc = ep.fleet.wait_terminal(job_id, wait)
         if doc is None:
             raise _not_found(job_id)
         self._send(200, doc)
 
     def _op_stream(self, ep: LocalEndpoint, job_id: str, query: str) -> None:
         wait = _wait_seconds(query, int(ep.config.stream_wait * 1000), 1_000, 300_000)
-        doc = ep._fleet.stream(job_id, wait)
+        doc = ep.fleet.stream(job_id, wait)
         if doc is None:
             raise _not_found(job_id)
         self._send(200, doc)
 
     def _op_cancel(self, ep: LocalEndpoint, job_id: str, query: str) -> None:
         try:
-            self._send(200, ep._fleet.cancel(job_id))
+            self._send(200, ep.fleet.cancel(job_id))
         except JobNotFound:
             raise _not_found(job_id) from None
 
     def _op_retry(self, ep: LocalEndpoint, job_id: str, query: str) -> None:
         try:
-            self._send(200, ep._fleet.retry(job_id))
+            self._send(200, ep.fleet.retry(job_id))
         except JobNotFound:
             raise _not_found(job_id) from None
         except JobConflict as exc:
             raise _Answer(400, str(exc)) from None
 
     def _op_purge_queue(self, ep: LocalEndpoint, _: str, query: str) -> None:
-        self._send(200, {"removed": ep._fleet.purge_queue(), "status": "completed"})
+        self._send(200, {"removed": ep.fleet.purge_queue(), "status": "completed"})
 
     def _op_health(self, ep: LocalEndpoint, _: str, query: str) -> None:
-        self._send(200, ep._fleet.health())
+        self._send(200, ep.fleet.health())
 
     # ---- bodies ------------------------------------------------------------------------
 
@@ -502,81 +477,23 @@ def _wait_seconds(query: str, default: int, lo: int, hi: int) -> float:
 class LocalEndpoint:
     """A local RunPod-compatible queue endpoint on a background thread.
 
-    Keyword arguments are the fields of EndpointConfig (see there for meanings).
+    Takes an EndpointConfig and/or its fields as keyword overrides (see there for meanings):
+    `LocalEndpoint(config, workers_max=2)` or `LocalEndpoint(handler="echo")`.
     """
 
-    def __init__(
-        self,
-        *,
-        endpoint_id: str = "local",
-        api_key: str | None = None,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        handler: str | HandlerFunc = "echo",
-        workers_max: int = 3,
-        workers_min: int = 0,
-        idle_timeout: float = 5.0,
-        cold_start: float = 0.0,
-        process_time: float | tuple[float, float] = 0.0,
-        faults: str | FaultSpec = "",
-        seed: int | None = None,
-        rate_limits: Mapping[str, int] | None = None,
-        rate_window: float = 10.0,
-        run_retention: float = 1800.0,
-        sync_retention: float = 60.0,
-        throttled: int = 0,
-        slow_delay: float = 1.0,
-        crash_downtime: float = 1.0,
-        execution_timeout: float = 600.0,
-        ttl: float = 86400.0,
-        stream_wait: float = 10.0,
-        webhook_attempts: int = 3,
-        webhook_retry_interval: float = 10.0,
-        webhook_timeout: float = 10.0,
-        max_body_run: int = 10 * 1024 * 1024,
-        max_body_runsync: int = 20 * 1024 * 1024,
-        log_requests: bool = False,
-    ) -> None:
-        self.config = EndpointConfig(
-            endpoint_id=endpoint_id,
-            api_key=api_key,
-            host=host,
-            port=port,
-            handler=handler,
-            workers_max=workers_max,
-            workers_min=workers_min,
-            idle_timeout=idle_timeout,
-            cold_start=cold_start,
-            process_time=process_time,
-            faults=faults,
-            seed=seed,
-            rate_limits=rate_limits,
-            rate_window=rate_window,
-            run_retention=run_retention,
-            sync_retention=sync_retention,
-            throttled=throttled,
-            slow_delay=slow_delay,
-            crash_downtime=crash_downtime,
-            execution_timeout=execution_timeout,
-            ttl=ttl,
-            stream_wait=stream_wait,
-            webhook_attempts=webhook_attempts,
-            webhook_retry_interval=webhook_retry_interval,
-            webhook_timeout=webhook_timeout,
-            max_body_run=max_body_run,
-            max_body_runsync=max_body_runsync,
-            log_requests=log_requests,
-        )
+    def __init__(self, config: EndpointConfig | None = None, /, **overrides: Any) -> None:
+        self.config = replace(config or EndpointConfig(), **overrides)
+        api_key = self.config.api_key
         if api_key is not None and not api_key.strip():
             raise ValueError("the API key is empty; pass a real key or none at all")
-        if not is_loopback(host) and api_key is None:
+        if not is_loopback(self.config.host) and api_key is None:
             raise ValueError(
-                f"refusing to listen on {host!r} without an API key, since anyone who can "
-                f"reach it could use it: set one (rpq serve --api-key KEY, or the env var "
+                f"refusing to listen on {self.config.host!r} without an API key, since anyone "
+                f"who can reach it could use it: set one (rpq serve --api-key KEY, or the env var "
                 f"RPQ_SERVE_API_KEY), or listen on 127.0.0.1"
             )
         self._key = None if api_key is None else api_key.encode("utf-8")
-        self._fleet = Fleet(self.config, resolve_handler(handler))
+        self._fleet = Fleet(self.config, resolve_handler(self.config.handler))
         self._limiter = RateLimiter(self.config.limits(), self.config.rate_window)
         self._calls = dict.fromkeys(OPS, 0)
         self._calls_lock = threading.Lock()
@@ -668,9 +585,39 @@ class LocalEndpoint:
         with self._calls_lock:
             return dict(self._calls)
 
-    def _count(self, op: str) -> None:
+    # ---- what the request handler asks ------------------------------------------------
+
+    @property
+    def fleet(self) -> Fleet:
+        """The jobs and workers behind the HTTP layer."""
+        return self._fleet
+
+    def count_call(self, op: str) -> None:
         with self._calls_lock:
             self._calls[op] += 1
+
+    def authorized(self, header: str | None) -> bool:
+        """Whether an Authorization header (Bearer KEY, or the raw key) carries the key."""
+        if self._key is None:
+            return True
+        if not header:
+            return False
+        token = header.strip()
+        if token[:7].lower() == "bearer ":
+            token = token[7:].strip()
+        # Header text was decoded as latin-1, so this gives back the bytes that were sent.
+        return hmac.compare_digest(token.encode("latin-1", "replace"), self._key)
+
+    def rate_limited(self, op: str) -> float | None:
+        """None when a request for `op` may go ahead, else seconds until it would be."""
+        return self._limiter.check(op)
+
+    def http_fault(self) -> str | None:
+        """The injected fault for this request ("drop", "500", "429") after any slow delay."""
+        fault, slow = self._fleet.dice.http_fault()
+        if slow and self._stopped.wait(self.config.slow_delay):
+            return "drop"  # stopped while slowed down
+        return fault
 
     def jobs(self) -> list[dict[str, Any]]:
         return self._fleet.jobs()
