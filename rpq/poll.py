@@ -104,7 +104,12 @@ class PollResult:
 
 
 class Poller:
-    """Waits for one job at a time (call from many threads); one instance per batch."""
+    """Waits for one job at a time (call from many threads); one instance per batch.
+
+    `wait` is one loop over three concerns, each in its own place: when to give up
+    (`_give_up`), how to ask (`_Route`: long poll or /status) and how long to pause between
+    asks (`_ErrorBackoff` after a failure, `_next_delay` or `_Route.pause_after` otherwise).
+    """
 
     def __init__(
         self,
@@ -119,21 +124,9 @@ class Poller:
         self.detector = detector
         self.timing = timing
         self.max_wait = max_wait
-        self._long_polls = mode in ("auto", "sync")
-        self._mode = mode
+        self._route = _Route(mode, clock)
         self._clock = clock
         self._sleep = sleep
-        self._unheld = 0
-        self._lock = threading.Lock()
-
-    @property
-    def long_polls(self) -> bool:
-        return self._long_polls
-
-    def _fall_back(self) -> None:
-        if self._mode == "auto":
-            with self._lock:
-                self._long_polls = False
 
     def wait(
         self,
@@ -144,103 +137,64 @@ class Poller:
         on_status: Callable[[str], None] | None = None,
         stop: Callable[[], bool] | None = None,
     ) -> PollResult:
-        client = caller.client
-        queued_since = submitted_at
-        started_at: float | None = None
-        last: dict[str, Any] | None = None
-        status = "IN_QUEUE"
+        watch = _Watch(submitted_at, submitted_at, on_status)
+        backoff = _ErrorBackoff()
         delay = 0.0
-        errors = 0
-        last_error: str | None = None  # why the latest poll failed, while it did
         while True:
-            now = self._clock()
-            if now - submitted_at >= self.max_wait:
-                reason = f"no result within --max-wait {self.max_wait:.0f}s"
-                return PollResult("max_wait", last, _explain(reason, status, last_error),
-                                  started_at)
-            if stop is not None and stop():
-                return PollResult("interrupted", last, "interrupted", started_at)
-            if status not in STARTED:
-                stuck = self.detector.stuck(queued_since)
-                if stuck:
-                    return PollResult("stalled", last, _explain(stuck, status, last_error),
-                                      started_at)
+            ended = self._give_up(watch, backoff.last_error, stop)
+            if ended is not None:
+                return ended
             if delay > 0:
                 self._sleep(delay)
-            long_poll = self._long_polls
-            wait_s = self._long_poll_wait(submitted_at) if long_poll else 0.0
-            asked = self._clock()
-            wait_ms = int(wait_s * 1000) if long_poll else None
-            try:
-                body = caller.call(
-                    "status-sync" if long_poll else "status",
-                    lambda: client.status(job_id, wait_ms),  # noqa: B023 - called at once
-                    attempts=1,
-                )
-            except APIError as exc:
-                if exc.status == 404:
-                    if long_poll and self._sync_route_missing(caller, job_id):
-                        continue
-                    return PollResult("expired", last, "the endpoint no longer knows the job "
-                                      "(404: its ttl or result retention expired)", started_at)
-                if long_poll and exc.status in (400, 405, 501):
-                    self._fall_back()
-                    continue
-                # A success status whose body is no job (a proxy's page, a torn body) is a
-                # glitch like a 502: asking again is harmless.
-                unreadable = exc.status is not None and 200 <= exc.status < 300
-                if not is_transient(exc) and not unreadable:
-                    return PollResult("error", last, str(exc), started_at)
-                errors += 1
-                last_error = str(exc)
-                delay = min(30.0, 0.5 * 2 ** min(errors, 6)) if exc.retry_after is None else min(
-                    exc.retry_after, 60.0)
-                continue
-            errors = 0
-            last_error = None
-            last = body
-            new_status = str(body.get("status", ""))
-            self.detector.observed(submitted_at, new_status)
-            if new_status != status and on_status is not None:
-                on_status(new_status)
-            if new_status in STARTED and started_at is None:
-                started_at = self._clock()
-            elif new_status == "IN_QUEUE" and status in STARTED:
-                queued_since = self._clock()  # the endpoint put it back (worker lost)
-            status = new_status
-            if status in TERMINAL:
-                self.timing.learn(body)
-                return PollResult("terminal", body, "", started_at)
-            if long_poll:
-                held = self._clock() - asked
-                delay = 0.0 if held >= wait_s * 0.5 else self._note_unheld(wait_s)
-            else:
-                delay = self._next_delay(queued_since, started_at, delay)
+            step = self._poll_once(caller, job_id, watch, backoff, delay)
+            if isinstance(step, PollResult):
+                return step
+            delay = step
+
+    def _give_up(self, watch: _Watch, last_error: str | None,
+                 stop: Callable[[], bool] | None) -> PollResult | None:
+        """The end of the wait when rpq should stop: past --max-wait, told to stop, or stalled."""
+        if self._clock() - watch.submitted_at >= self.max_wait:
+            reason = f"no result within --max-wait {self.max_wait:.0f}s"
+            return watch.ended("max_wait", _explain(reason, watch.status, last_error))
+        if stop is not None and stop():
+            return watch.ended("interrupted", "interrupted")
+        if watch.status not in STARTED:
+            stuck = self.detector.stuck(watch.queued_since)
+            if stuck:
+                return watch.ended("stalled", _explain(stuck, watch.status, last_error))
+        return None
+
+    def _poll_once(self, caller: Caller, job_id: str, watch: _Watch, backoff: _ErrorBackoff,
+                   delay: float) -> PollResult | float:
+        """Ask once; the end of the wait, or the pause before asking again."""
+        try:
+            answer = self._route.ask(caller, job_id, lambda: self._hold(watch.submitted_at))
+        except APIError as exc:
+            if exc.status == 404:
+                return watch.ended("expired", "the endpoint no longer knows the job "
+                                   "(404: its ttl or result retention expired)")
+            pause = backoff.failed(exc)
+            return watch.ended("error", str(exc)) if pause is None else pause
+        if answer is None:  # the route changed under this ask: ask again the new way
+            return delay
+        backoff.succeeded()
+        self.detector.observed(watch.submitted_at, str(answer.body.get("status", "")))
+        watch.saw(answer.body, self._clock)
+        if watch.status in TERMINAL:
+            self.timing.learn(answer.body)
+            return PollResult("terminal", answer.body, "", watch.started_at)
+        if answer.long_poll:
+            return self._route.pause_after(answer)
+        return self._next_delay(watch.queued_since, watch.started_at, delay)
 
     # -- schedule ---------------------------------------------------------------------------
 
-    def _long_poll_wait(self, submitted_at: float) -> float:
+    def _hold(self, submitted_at: float) -> float:
+        """How long to ask the endpoint to hold a long poll."""
         remaining = self.max_wait - (self._clock() - submitted_at)
         wait = min(MAX_LONG_POLL, self.detector.max_queue_time / 2, remaining)
         return max(1.0, wait)
-
-    def _note_unheld(self, wait_s: float) -> float:
-        """A long poll came back early with nothing new: the endpoint does not hold them."""
-        with self._lock:
-            self._unheld += 1
-            unheld = self._unheld
-        if unheld >= 3:
-            self._fall_back()  # takes the lock itself
-        return min(1.0, wait_s)
-
-    def _sync_route_missing(self, caller: Caller, job_id: str) -> bool:
-        """status-sync said 404: if /status knows the job, the route is what is missing."""
-        try:
-            caller.call("status", lambda: caller.client.status(job_id), attempts=2)
-        except APIError:
-            return False
-        self._fall_back()
-        return not self._long_polls
 
     def _next_delay(self, queued_since: float, started_at: float | None,
                     previous: float) -> float:
@@ -253,6 +207,136 @@ class Poller:
             # Land just after the expected end: one request usually finds the job done.
             return min(remaining + 0.05, 10.0)
         return min(max(previous * 1.5, 0.2), 2.0)  # overdue: look again soon
+
+
+class _Watch:
+    """What one wait has seen of its job: the last answer, the status, when it started."""
+
+    def __init__(self, submitted_at: float, queued_since: float,
+                 on_status: Callable[[str], None] | None) -> None:
+        self.submitted_at = submitted_at
+        self.queued_since = queued_since
+        self.on_status = on_status
+        self.status = "IN_QUEUE"
+        self.last: dict[str, Any] | None = None
+        self.started_at: float | None = None
+
+    def saw(self, body: dict[str, Any], clock: Clock) -> None:
+        status = str(body.get("status", ""))
+        self.last = body
+        if status != self.status and self.on_status is not None:
+            self.on_status(status)
+        if status in STARTED and self.started_at is None:
+            self.started_at = clock()
+        elif status == "IN_QUEUE" and self.status in STARTED:
+            self.queued_since = clock()  # the endpoint put it back (worker lost)
+        self.status = status
+
+    def ended(self, outcome: str, reason: str) -> PollResult:
+        return PollResult(outcome, self.last, reason, self.started_at)
+
+
+class _ErrorBackoff:
+    """Failed polls: which are worth asking again, and how long to pause before that."""
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self.last_error: str | None = None  # why the latest poll failed, while it did
+
+    def failed(self, exc: APIError) -> float | None:
+        """The pause before the next poll, or None when asking again cannot help."""
+        # A success status whose body is no job (a proxy's page, a torn body) is a glitch
+        # like a 502: asking again is harmless.
+        unreadable = exc.status is not None and 200 <= exc.status < 300
+        if not is_transient(exc) and not unreadable:
+            return None
+        self.failures += 1
+        self.last_error = str(exc)
+        if exc.retry_after is not None:
+            return min(exc.retry_after, 60.0)
+        return min(30.0, 0.5 * 2 ** min(self.failures, 6))
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        self.last_error = None
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """A job object, and how it was asked for (a long poll held up to `hold` seconds)."""
+
+    body: dict[str, Any]
+    long_poll: bool
+    hold: float
+    asked: float
+
+
+class _Route:
+    """Long poll (status-sync) or plain /status; shared by every wait of a batch.
+
+    "auto" long polls until the endpoint shows it cannot: the route is missing or refused, or
+    long polls keep coming back early with nothing new. "sync" never falls back; "status"
+    never long polls.
+    """
+
+    UNHELD_LIMIT = 3
+
+    def __init__(self, mode: str, clock: Clock) -> None:
+        self._mode = mode
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._long_polls = mode in ("auto", "sync")
+        self._unheld = 0
+
+    def ask(self, caller: Caller, job_id: str, hold: Callable[[], float]) -> _Answer | None:
+        """One status request; None when the long-poll route turned out missing or refused."""
+        long_poll = self._long_polls
+        wait_s = hold() if long_poll else 0.0
+        asked = self._clock()
+        wait_ms = int(wait_s * 1000) if long_poll else None
+        try:
+            body = caller.call("status-sync" if long_poll else "status",
+                               lambda: caller.client.status(job_id, wait_ms), attempts=1)
+        except APIError as exc:
+            if long_poll and self._refused(exc, caller, job_id):
+                return None
+            raise
+        return _Answer(body, long_poll, wait_s, asked)
+
+    def pause_after(self, answer: _Answer) -> float:
+        """No pause after a held long poll; a short one after a long poll back early."""
+        if self._clock() - answer.asked >= answer.hold * 0.5:
+            return 0.0
+        # Back early with nothing new: the endpoint may not hold long polls at all.
+        with self._lock:
+            self._unheld += 1
+            unheld = self._unheld
+        if unheld >= self.UNHELD_LIMIT:
+            self._fall_back()
+        return min(1.0, answer.hold)
+
+    def _refused(self, exc: APIError, caller: Caller, job_id: str) -> bool:
+        """Whether a failed long poll says the endpoint has no long polls (then fall back)."""
+        if exc.status == 404:
+            return self._sync_route_missing(caller, job_id)
+        if exc.status in (400, 405, 501):
+            self._fall_back()
+            return True
+        return False
+
+    def _sync_route_missing(self, caller: Caller, job_id: str) -> bool:
+        """status-sync said 404: if /status knows the job, the route is what is missing."""
+        try:
+            caller.call("status", lambda: caller.client.status(job_id), attempts=2)
+        except APIError:
+            return False
+        self._fall_back()
+        return not self._long_polls
+
+    def _fall_back(self) -> None:
+        if self._mode == "auto":
+            with self._lock:
+                self._long_polls = False
 
 
 def _explain(reason: str, status: str, last_error: str | None) -> str:

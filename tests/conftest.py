@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import requests
-from helpers import Gate
+from helpers import Gate, Handle, LoopbackServer
 from hypothesis import settings
 
 from rpq.local import LocalEndpoint
@@ -47,6 +47,21 @@ def make_endpoint() -> Iterator[Callable[..., LocalEndpoint]]:
     yield make
     for endpoint in started:
         endpoint.stop()
+
+
+@pytest.fixture
+def loopback() -> Iterator[Callable[..., LoopbackServer]]:
+    """Factory: loopback(handle, protocol=...) -> a LoopbackServer, closed at teardown."""
+    started: list[LoopbackServer] = []
+
+    def make(handle: Handle, *, protocol: str = "HTTP/1.0") -> LoopbackServer:
+        server = LoopbackServer(handle, protocol=protocol)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.close()
 
 
 @pytest.fixture

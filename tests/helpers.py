@@ -1,10 +1,12 @@
-"""Test helpers: wait on a condition with a timeout instead of sleeping."""
+"""Test helpers: waiting on conditions, a fake clock, a loopback HTTP server, gated jobs."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -26,6 +28,94 @@ def wait_for(
         time.sleep(interval)
         last = predicate()
     return last
+
+
+class FakeClock:
+    """A monotonic clock that moves only when a test advances it or something sleeps on it."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.now = start
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+Handle = Callable[[BaseHTTPRequestHandler], None]
+
+
+class LoopbackServer:
+    """A threaded HTTP server on 127.0.0.1, port 0, that hands every request to `handle`.
+
+    `handle` gets the request handler and answers with `answer` (or writes the answer itself,
+    or closes the connection). Stop it with `close`, or use it as a context manager.
+    """
+
+    def __init__(self, handle: Handle, *, protocol: str = "HTTP/1.0") -> None:
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = protocol
+
+            def do_GET(self) -> None:
+                handle(self)
+
+            do_POST = do_PUT = do_DELETE = do_GET
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def __enter__(self) -> LoopbackServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def request_body(h: BaseHTTPRequestHandler) -> bytes:
+    """The request's body, as long as its Content-Length says."""
+    length = int(h.headers.get("Content-Length") or 0)
+    return h.rfile.read(length) if length else b""
+
+
+def answer(
+    h: BaseHTTPRequestHandler,
+    status: int,
+    body: bytes | str | dict[str, Any] | list[Any] = b"",
+    *,
+    content_type: str | None = None,
+    headers: tuple[tuple[str, str], ...] = (),
+) -> None:
+    """Send a whole answer: JSON for a dict or list, the bytes or text as they are otherwise."""
+    if isinstance(body, (dict, list)):
+        data = json.dumps(body).encode()
+        content_type = content_type or "application/json"
+    else:
+        data = body.encode() if isinstance(body, str) else body
+    h.send_response(status)
+    if content_type:
+        h.send_header("Content-Type", content_type)
+    h.send_header("Content-Length", str(len(data)))
+    for name, value in headers:
+        h.send_header(name, value)
+    h.end_headers()
+    h.wfile.write(data)
 
 
 class Gate:
