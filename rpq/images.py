@@ -343,13 +343,52 @@ def prepare(
             # (no IEND, broken checksum) would pass; verify() walks every chunk and its CRC.
             _verify_png(original, rel)
         if max_side is None and target is None:
-            _load(im, rel)
-            return Prepared(image, original, _MIME[kind], kind, im.width, im.height, digest)
+            width, height = im.size
+            check_whole(im, rel)
+            return Prepared(image, original, _MIME[kind], kind, width, height, digest)
+        # The pixels are all that is needed from here: the file's bytes go now, not at return.
+        del original
         out_kind = target or (kind if kind in ("png", "jpeg") else "png")
         data, width, height = _reencode(im, rel, out_kind, max_side)
     finally:
         im.close()
     return Prepared(image, data, _MIME[out_kind], out_kind, width, height, digest)
+
+
+def decoded_bytes(width: int, height: int, mode: str, *, for_check: bool) -> int:
+    """About how many bytes of pixels decoding a `width` x `height` image holds at its peak."""
+    bands = {"1": 1, "L": 1, "P": 1, "I;16": 2, "LA": 2, "PA": 2}.get(mode, 4)
+    if for_check and mode in _DRAFT_MODES:
+        # A JPEG checked at 1/8 scale, in grey (see check_whole).
+        return (width // 8 + 1) * (height // 8 + 1)
+    return width * height * bands
+
+
+# JPEG modes libjpeg can decode at reduced scale (draft).
+_DRAFT_MODES = frozenset({"RGB", "L", "CMYK", "YCbCr"})
+
+
+def check_whole(im: Image.Image, rel: str) -> None:
+    """Decode `im` just far enough to prove every byte of it is there and decodes.
+
+    A JPEG is decoded at 1/8 scale and in grey: libjpeg still reads and entropy-decodes the
+    whole stream (so a truncated file fails exactly as at full size) but skips most of the
+    inverse DCT and colour work, and holds 1/64 of the pixels. Other formats decode fully.
+    The pixels are released before returning.
+    """
+    draft_for_check(im)
+    try:
+        _load(im, rel)
+    finally:
+        im.close()
+
+
+def draft_for_check(im: Image.Image) -> None:
+    """Ask a JPEG to decode at 1/8 scale in grey, enough to check it is whole (not loaded yet)."""
+    if im.format in ("JPEG", "MPO") and im.mode in _DRAFT_MODES:
+        # "L" only takes effect for a colour (YCbCr) stream; size (1, 1) asks for the
+        # smallest scale libjpeg offers, 1/8.
+        im.draft("L", (1, 1))
 
 
 def _corrupt(rel: str, exc: BaseException) -> InputError:
@@ -427,7 +466,9 @@ def _has_alpha(im: Image.Image) -> bool:
 
 
 def _normalise_mode(im: Image.Image, out_kind: str) -> Image.Image:
-    """A copy of `im` in a mode `out_kind` can store; alpha is flattened onto white for JPEG."""
+    """`im` in a mode `out_kind` can store (itself when it already is; a copy is never
+    needed, since every later step makes a new image); alpha is flattened onto white for JPEG.
+    """
     from PIL import Image
 
     alpha = _has_alpha(im)
@@ -438,13 +479,13 @@ def _normalise_mode(im: Image.Image, out_kind: str) -> Image.Image:
             flat.paste(rgba, mask=rgba.getchannel("A"))
             rgba.close()
             return flat
-        return im.copy() if im.mode in ("RGB", "L") else im.convert("RGB")
+        return im if im.mode in ("RGB", "L") else im.convert("RGB")
     if (
         out_kind == "png"
         and im.mode in ("RGB", "RGBA", "L", "LA", "I;16")
         and not (alpha and im.mode in ("RGB", "L"))
     ):
-        return im.copy()
+        return im
     if alpha:
         return im.convert("RGBA")
     if out_kind == "png" and im.mode == "1":
@@ -467,12 +508,16 @@ def _reencode(
         scale = max_side / max(width, height)
         new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
         if im.format in ("JPEG", "MPO"):
-            # Let libjpeg decode at 1/2..1/8 scale, but keep at least twice the target so the
-            # LANCZOS step below still sets the quality. The whole stream is still decoded.
-            im.draft(None, (new_size[0] * 2, new_size[1] * 2))
+            # libjpeg decodes at 1/2, 1/4 or 1/8 scale, never below the target: its scaled
+            # inverse DCT averages each block, a clean downscale, and the LANCZOS step below
+            # finishes the job from at most twice the target. The whole stream is still read,
+            # so truncation is caught as at full size.
+            im.draft(None, new_size)
     _load(im, rel)
 
     frame = _normalise_mode(im, out_kind)
+    if frame is not im:
+        im.close()  # the decoded original is not needed once converted
     if new_size is not None and frame.size != new_size:
         smaller = frame.resize(new_size, Image.Resampling.LANCZOS)
         frame.close()

@@ -1,0 +1,139 @@
+"""Each step decodes only what it needs, frees it at once, and still catches every bad file."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from rpq.errors import InputError
+from rpq.extract import OutputError
+from rpq.images import ImageFile, prepare
+from rpq.write import ResultWriter
+
+# Pillow allocates pixels in blocks of this many bytes (at most); its counters are per process.
+BLOCK = Image.core.get_block_size()
+
+
+def photo(size: tuple[int, int], quality: int = 90) -> bytes:
+    """A JPEG with detail in every block: seeded noise, scaled up so it compresses like a photo."""
+    tile = (size[0] // 16, size[1] // 16)
+    noise = bytes((i * 7919 + 13) % 251 for i in range(tile[0] * tile[1] * 3))
+    small = Image.frombytes("RGB", tile, noise)
+    buf = io.BytesIO()
+    small.resize(size, Image.Resampling.BICUBIC).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def big_jpeg() -> bytes:
+    return photo((4000, 3000))
+
+
+class Blocks:
+    """Pillow's own count of pixel blocks allocated and freed since this object was made."""
+
+    def __init__(self) -> None:
+        self._start = Image.core.get_stats()
+
+    def _delta(self, key: str) -> int:
+        return int(Image.core.get_stats()[key] - self._start[key])
+
+    @property
+    def allocated(self) -> int:
+        return self._delta("allocated_blocks") + self._delta("reused_blocks")
+
+    @property
+    def freed(self) -> int:
+        return self._delta("freed_blocks") + self._delta("blocks_cached")
+
+
+def image_file(tmp_path: Path, data: bytes, name: str = "p.jpg") -> ImageFile:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return ImageFile(path, name)
+
+
+def test_checking_a_jpeg_decodes_a_64th_of_its_pixels_and_frees_them(
+    tmp_path: Path, big_jpeg: bytes
+) -> None:
+    # At full size, 4000 x 3000 RGB is 48 MB of pixels (4 bytes each): three 16 MB blocks.
+    assert 2 * BLOCK < 4000 * 3000 * 4
+    blocks = Blocks()
+    prepared = prepare(image_file(tmp_path, big_jpeg))
+    assert prepared.data == big_jpeg
+    assert (prepared.width, prepared.height) == (4000, 3000)
+    assert blocks.allocated == 1  # 500 x 375 grey
+    assert blocks.freed == blocks.allocated
+
+
+def test_max_side_decodes_near_the_target_and_frees_everything(
+    tmp_path: Path, big_jpeg: bytes
+) -> None:
+    blocks = Blocks()
+    prepared = prepare(image_file(tmp_path, big_jpeg), max_side=1000)
+    assert (prepared.width, prepared.height) == (1000, 750)
+    with Image.open(io.BytesIO(prepared.data)) as out:
+        assert out.size == (1000, 750)
+    # Decoded at 1/2 (2000 x 1500, 12 MB) and resized: no block of the full-size decode.
+    assert blocks.allocated <= 3
+    assert blocks.freed == blocks.allocated
+
+
+def cut_points(size: int) -> Iterator[int]:
+    for fraction in (0.05, 0.3, 0.6, 0.9, 0.99):
+        yield int(size * fraction)
+    yield from (size - 64, size - 2)  # inside the last MCU rows; only the end marker gone
+
+
+def full_decode_fails(data: bytes) -> bool:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+    except OSError:
+        return True
+    return False
+
+
+def test_the_reduced_check_catches_every_truncation_a_full_decode_catches(
+    tmp_path: Path
+) -> None:
+    data = photo((1600, 1200))
+    for cut in cut_points(len(data)):
+        kept = data[:cut]
+        caught = True
+        try:
+            prepare(image_file(tmp_path, kept, f"cut{cut}.jpg"))
+        except InputError as exc:
+            assert str(exc).startswith(f"cut{cut}.jpg: truncated or corrupt image")
+        else:
+            caught = False
+        assert caught == full_decode_fails(kept), f"cut at {cut} of {len(data)}"
+    # A cut before the last rows fails both ways; the parity above is not a vacuous one.
+    assert full_decode_fails(data[: len(data) // 2])
+
+
+def write_output(tmp_path: Path, blob: bytes) -> list[str]:
+    writer = ResultWriter(tmp_path / "out", None)
+    (tmp_path / "out").mkdir(exist_ok=True)
+    job = {"status": "COMPLETED", "output": {"image": base64.b64encode(blob).decode()}}
+    return writer.write("a.jpg", job)
+
+
+def test_a_result_is_checked_at_reduced_scale_and_a_truncated_one_refused(
+    tmp_path: Path, big_jpeg: bytes
+) -> None:
+    blocks = Blocks()
+    assert write_output(tmp_path, big_jpeg) == ["a.jpg"]
+    assert blocks.allocated == 1
+    assert blocks.freed == blocks.allocated
+    assert (tmp_path / "out" / "a.jpg").read_bytes() == big_jpeg
+
+    (tmp_path / "out" / "a.jpg").unlink()
+    with pytest.raises(OutputError, match="looks like JPEG but does not decode"):
+        write_output(tmp_path, big_jpeg[: len(big_jpeg) * 2 // 3])
+    assert not (tmp_path / "out" / "a.jpg").exists()
