@@ -233,6 +233,13 @@ def _decode_data_uri(uri: str, where: str) -> bytes:
 
 def _b64decode(text: str) -> bytes | None:
     """Strict base64 (either alphabet); whitespace and missing padding are forgiven."""
+    if len(text) % 4 == 0 and text and "=" not in text[:-2]:
+        # What workers send: one line, standard alphabet, padded. One pass in C, instead of
+        # the regular expressions below (a 10 MB image costs them about 80 ms of CPU).
+        try:
+            return base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            pass  # whitespace, the URL-safe alphabet, or not base64: the careful way
     compact = _WHITESPACE.sub("", text)
     if not compact or len(compact.rstrip("=")) % 4 == 1:
         return None

@@ -8,10 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 
 from rpq.errors import InputError
-from rpq.extract import OutputError
+from rpq.extract import OutputError, _b64decode
 from rpq.images import ImageFile, prepare
 from rpq.write import ResultWriter
 
@@ -137,3 +139,26 @@ def test_a_result_is_checked_at_reduced_scale_and_a_truncated_one_refused(
     with pytest.raises(OutputError, match="looks like JPEG but does not decode"):
         write_output(tmp_path, big_jpeg[: len(big_jpeg) * 2 // 3])
     assert not (tmp_path / "out" / "a.jpg").exists()
+
+
+B64_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_ \n"
+
+
+@given(st.text(alphabet=B64_CHARS, max_size=40) | st.binary(max_size=30).map(
+    lambda b: base64.b64encode(b).decode()))
+def test_base64_in_a_result_decodes_exactly_as_specified(text: str) -> None:
+    # The spec: whitespace ignored, one alphabet throughout, padding only at the end, never
+    # more than the length needs, and optional (in part or whole); nothing else is base64.
+    compact = "".join(text.split())
+    body = compact.rstrip("=")
+    pads = len(compact) - len(body)
+    std = set(B64_CHARS[:64])
+    urlsafe = set(B64_CHARS[:62] + "-_")
+    valid = (bool(body) and "=" not in body and len(body) % 4 != 1
+             and pads <= -len(body) % 4 and (set(body) <= std or set(body) <= urlsafe))
+    decoded = _b64decode(text)
+    if not valid:
+        assert decoded is None
+        return
+    expected = base64.b64decode(body.replace("-", "+").replace("_", "/") + "=" * (-len(body) % 4))
+    assert decoded == expected
