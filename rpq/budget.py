@@ -1,0 +1,143 @@
+"""A byte budget shared by a batch's jobs: image data held at once stays under one limit."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from types import TracebackType
+
+#: Default for --memory-budget: camera photos at any concurrency fit a small VM with it.
+DEFAULT_BUDGET_MB = 256
+MB = 1 << 20
+
+#: How often a waiting job looks at its give-up condition (Ctrl-C, a halt).
+_RECHECK = 0.25
+
+
+class Budget:
+    """Counts bytes of image data held (decoded pixels, request bodies, results) against a limit.
+
+    `acquire` waits until the bytes fit, in arrival order, so a large item is never starved by
+    a stream of small ones. An item larger than the whole budget is admitted alone, once
+    nothing else is held: it cannot fit, and refusing it forever would deadlock the batch.
+    `admit` counts bytes that are already in memory (a result that just arrived) without
+    waiting: they are held whatever the budget says, and new work waits until they are freed.
+    Thread-safe; one instance per batch.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"a memory budget must be positive, not {limit}")
+        self.limit = limit
+        self._cond = threading.Condition()
+        self._in_use = 0
+        self._queue: deque[object] = deque()  # tickets of waiting acquires, oldest first
+        self.peak = 0  # most bytes ever counted at once
+        self.waited = 0  # acquires that had to wait
+
+    @property
+    def in_use(self) -> int:
+        with self._cond:
+            return self._in_use
+
+    @property
+    def waiting(self) -> int:
+        """Acquires waiting for room now."""
+        with self._cond:
+            return len(self._queue)
+
+    def acquire(self, n: int, give_up: Callable[[], bool] | None = None) -> bool:
+        """Wait until `n` bytes fit, then count them. False (nothing counted) if `give_up()`."""
+        n = max(0, n)
+        ticket = object()
+        with self._cond:
+            self._queue.append(ticket)
+            try:
+                if not self._fits(ticket, n):
+                    self.waited += 1
+                while not self._fits(ticket, n):
+                    if give_up is not None and give_up():
+                        return False
+                    self._cond.wait(_RECHECK)
+                self._count(n)
+                return True
+            finally:
+                self._queue.remove(ticket)
+                # The next in line may fit now (or may now be first).
+                self._cond.notify_all()
+
+    def admit(self, n: int) -> None:
+        """Count `n` bytes that are held already; never waits."""
+        with self._cond:
+            self._count(max(0, n))
+
+    def release(self, n: int) -> None:
+        with self._cond:
+            self._in_use = max(0, self._in_use - max(0, n))
+            self._cond.notify_all()
+
+    def hold(self, n: int, give_up: Callable[[], bool] | None = None) -> Hold | None:
+        """`acquire` as a Hold to release with `with` (None if given up)."""
+        return Hold(self, n) if self.acquire(n, give_up) else None
+
+    def wake(self) -> None:
+        """Make every waiting acquire look at its give-up condition now."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def _fits(self, ticket: object, n: int) -> bool:
+        if self._queue[0] is not ticket:
+            return False
+        return self._in_use + n <= self.limit or self._in_use == 0
+
+    def _count(self, n: int) -> None:
+        self._in_use += n
+        self.peak = max(self.peak, self._in_use)
+
+
+class Hold:
+    """Bytes counted against a Budget until released; resizing never waits."""
+
+    def __init__(self, budget: Budget, n: int) -> None:
+        self._budget = budget
+        self.size = max(0, n)
+
+    def resize(self, n: int) -> None:
+        """Count `n` bytes instead: the step now holds less (or, estimated low, more)."""
+        n = max(0, n)
+        if n > self.size:
+            self._budget.admit(n - self.size)
+        else:
+            self._budget.release(self.size - n)
+        self.size = n
+
+    def release(self) -> None:
+        self.resize(0)
+
+    def __enter__(self) -> Hold:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+def text_bytes(value: object) -> int:
+    """Bytes held by the strings inside a decoded JSON value (where a result's image lives)."""
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return total
