@@ -355,13 +355,48 @@ def prepare(
     return Prepared(image, data, _MIME[out_kind], out_kind, width, height, digest)
 
 
-def decoded_bytes(width: int, height: int, mode: str, *, for_check: bool) -> int:
-    """About how many bytes of pixels decoding a `width` x `height` image holds at its peak."""
-    bands = {"1": 1, "L": 1, "P": 1, "I;16": 2, "LA": 2, "PA": 2}.get(mode, 4)
-    if for_check and mode in _DRAFT_MODES:
-        # A JPEG checked at 1/8 scale, in grey (see check_whole).
-        return (width // 8 + 1) * (height // 8 + 1)
-    return width * height * bands
+def prepare_cost(image: ImageFile, *, max_side: int | None = None, fmt: str | None = None) -> int:
+    """About how many bytes `prepare` and the rendered request hold at their peak.
+
+    From the file's size and its header (a few KB read): the file's bytes, the decoded
+    pixels at the scale `prepare` decodes them, the re-encoded image and the request body
+    (base64, then the JSON around it). 0 when the header cannot be read: `prepare` will
+    fail fast on that file.
+    """
+    from PIL import Image
+
+    try:
+        size = image.path.stat().st_size
+        with open(image.path, "rb") as f:
+            kind = sniff(f.read(SNIFF_BYTES))
+            if kind is None:
+                return 0
+            f.seek(0)
+            factory, _ = Image.OPEN[_PIL_FORMAT[kind]]
+            with factory(f, "") as im:
+                width, height = im.size
+                mode = im.mode
+                progressive = bool(im.info.get("progressive"))
+    except Exception:  # unreadable or corrupt: prepare says why
+        return 0
+    # A progressive JPEG keeps every DCT coefficient until the last scan: 2 bytes a sample.
+    coefficients = width * height * 3 if progressive else 0
+    if max_side is None and fmt is None:
+        scale = 8 if kind == "jpeg" and mode in _DRAFT_MODES else 1
+        pixels = (width // scale + 1) * (height // scale + 1) * _bytes_per_pixel(
+            "L" if scale > 1 else mode)
+        return size + coefficients + pixels + size * 8 // 3
+    side = max(width, height)
+    target = min(side, max_side or side)
+    scale = next((s for s in (8, 4, 2) if kind == "jpeg" and side // s >= target), 1)
+    decoded = (width // scale + 1) * (height // scale + 1) * 4
+    out_pixels = (width * target // side + 1) * (height * target // side + 1) * 4
+    # Decoded, converted or resized, encoded (at most its pixels), then base64 and body.
+    return size + coefficients + decoded + out_pixels * (2 + 8 // 3)
+
+
+def _bytes_per_pixel(mode: str) -> int:
+    return {"1": 1, "L": 1, "P": 1, "I;16": 2, "LA": 2, "PA": 2}.get(mode, 4)
 
 
 # JPEG modes libjpeg can decode at reduced scale (draft).
