@@ -391,8 +391,12 @@ def prepare_cost(image: ImageFile, *, max_side: int | None = None, fmt: str | No
     scale = next((s for s in (8, 4, 2) if kind == "jpeg" and side // s >= target), 1)
     decoded = (width // scale + 1) * (height // scale + 1) * 4
     out_pixels = (width * target // side + 1) * (height * target // side + 1) * 4
-    # Decoded, converted or resized, encoded (at most its pixels), then base64 and body.
-    return size + coefficients + decoded + out_pixels * (2 + 8 // 3)
+    out_kind = _normalise_format(fmt) or (kind if kind in ("png", "jpeg") else "png")
+    # Lossless output can be as large as its pixels; JPEG at quality 92, a quarter of them.
+    encoded = out_pixels // 4 if out_kind == "jpeg" else out_pixels
+    # First the decoded and the resized pixels, then those and the encoded image, its
+    # base64 and the body around it.
+    return size + coefficients + max(decoded + out_pixels, out_pixels + encoded * 11 // 3)
 
 
 def _bytes_per_pixel(mode: str) -> int:

@@ -162,3 +162,22 @@ def test_base64_in_a_result_decodes_exactly_as_specified(text: str) -> None:
         return
     expected = base64.b64decode(body.replace("-", "+").replace("_", "/") + "=" * (-len(body) % 4))
     assert decoded == expected
+
+
+def test_the_cost_of_preparing_covers_the_bytes_it_holds(tmp_path: Path, big_jpeg: bytes) -> None:
+    from rpq.images import prepare_cost
+    from rpq.template import RequestTemplate
+
+    image = image_file(tmp_path, big_jpeg)
+    template = RequestTemplate.default()
+    for options in ({}, {"max_side": 1000}, {"fmt": "png"}):
+        cost = prepare_cost(image, **options)
+        prepared = prepare(image, **options)
+        body = template.render(prepared)
+        # At least the file, the image sent and its request; for a JPEG checked at 1/8
+        # scale, far less than its full-size pixels (48 MB).
+        assert cost >= len(big_jpeg) + len(prepared.data) + len(body), options
+    assert prepare_cost(image) < 4000 * 3000 * 4 // 2
+    assert prepare_cost(image, fmt="png") > 4000 * 3000 * 4  # decoded in full, then PNG
+    assert prepare_cost(image_file(tmp_path, b"not an image", "x.jpg")) == 0
+    assert prepare_cost(ImageFile(tmp_path / "gone.jpg", "gone.jpg")) == 0
