@@ -548,8 +548,8 @@ def _reencode(
         new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
         if im.format in ("JPEG", "MPO"):
             # libjpeg decodes at 1/2, 1/4 or 1/8 scale, never below the target: its scaled
-            # inverse DCT averages each block, a clean downscale, and the LANCZOS step below
-            # finishes the job from at most twice the target. The whole stream is still read,
+            # inverse DCT averages each block, a clean downscale, and the resize below
+            # finishes the job from under twice the target. The whole stream is still read,
             # so truncation is caught as at full size.
             im.draft(None, new_size)
     _load(im, rel)
@@ -558,7 +558,13 @@ def _reencode(
     if frame is not im:
         im.close()  # the decoded original is not needed once converted
     if new_size is not None and frame.size != new_size:
-        smaller = frame.resize(new_size, Image.Resampling.LANCZOS)
+        if frame.width < 2 * new_size[0]:
+            # Within a factor of 2 (what libjpeg's scaled decode leaves): bicubic's kernel
+            # spans the step, and costs a quarter less CPU than LANCZOS for no visible change.
+            smaller = frame.resize(new_size, Image.Resampling.BICUBIC)
+        else:
+            # Box-reduce to within 3x of the target first: about LANCZOS quality, far less CPU.
+            smaller = frame.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=3.0)
         frame.close()
         frame = smaller
     method = {
