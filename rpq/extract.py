@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes, urlsplit
 
 from rpq.errors import RpqError
+from rpq.text import clip, one_line
 
 __all__ = ["Artifact", "OutputError", "decode_worker_error", "extract", "safe_name", "sniff_format"]
 
@@ -66,7 +67,7 @@ def decode_worker_error(error: object) -> str:
         text = _error_from_mapping(error)
     else:
         text = _compact_json(error)
-    return _one_line(text) or "no error message"
+    return one_line(text, _ONE_LINE_LIMIT) or "no error message"
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -170,7 +171,7 @@ def _from_mapping(out: Mapping[str, object], where: str) -> list[Artifact]:
         raise OutputError(f"{where}.images is empty: the worker returned no images")
     keys = ", ".join(sorted(str(k) for k in out)) or "none"
     raise OutputError(
-        f"found no image in {where} (keys: {_clip(keys)}); "
+        f"found no image in {where} (keys: {clip(keys, _QUOTE_LIMIT)}); "
         "pass --output-key with the dotted path of the image, e.g. --output-key result.0.png"
     )
 
@@ -184,7 +185,7 @@ def _from_image_entry(entry: object, where: str) -> Artifact:
     data = entry.get("data", entry.get("image"))
     if not isinstance(data, str) or not data.strip():
         keys = ", ".join(sorted(str(k) for k in entry))
-        raise OutputError(f"{where} has no 'data' string (keys: {_clip(keys)})")
+        raise OutputError(f"{where} has no 'data' string (keys: {clip(keys, _QUOTE_LIMIT)})")
     kind = entry.get("type")
     if kind == "s3_url" and not _is_http_url(data.strip()):
         raise OutputError(
@@ -261,7 +262,7 @@ def _check_image(raw: bytes, where: str, text: str) -> bytes:
         raise OutputError(
             f"{where} decodes to {len(raw)} bytes that are not an image "
             f"(starts with {raw[:16]!r}; the worker may return raw pixels or text): "
-            f"{_quote(_clip(text, 60))}"
+            f"{_quote(clip(text, 60))}"
         )
     return raw
 
@@ -321,7 +322,7 @@ def _worker_says(out: Mapping[str, object]) -> str:
     details = out.get("details")
     if details:
         text = f"{text} (details: {_compact_json(details)})"
-    return _clip(text)
+    return clip(text, _QUOTE_LIMIT)
 
 
 def _error_from_mapping(err: Mapping[str, object]) -> str:
@@ -368,22 +369,15 @@ def _compact_json(value: object) -> str:
         return repr(value)
 
 
-def _one_line(text: str) -> str:
-    return _clip(_WHITESPACE.sub(" ", text).strip(), _ONE_LINE_LIMIT)
-
-
-def _clip(text: str, limit: int = _QUOTE_LIMIT) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def _quote(value: object) -> str:
     text = value if isinstance(value, str) else _compact_json(value)
-    return repr(_clip(text)) if isinstance(value, str) else _clip(text)
+    clipped = clip(text, _QUOTE_LIMIT)
+    return repr(clipped) if isinstance(value, str) else clipped
 
 
 def _describe(value: object) -> str:
     if isinstance(value, Mapping):
-        return "keys: " + _clip(", ".join(sorted(str(k) for k in value)) or "none")
+        return "keys: " + clip(", ".join(sorted(str(k) for k in value)) or "none", _QUOTE_LIMIT)
     if isinstance(value, list):
         return f"a list of {len(value)}"
     return f"a {type(value).__name__}"

@@ -199,11 +199,6 @@ class Journal:
     def end(self, key: str, record: dict[str, Any]) -> None:
         self._write({"event": "end", "key": key, "rel": record.get("input", ""), "record": record})
 
-    def sync(self) -> None:
-        with self._lock:
-            if self._fd is not None:
-                os.fsync(self._fd)
-
     def close(self) -> None:
         with self._lock:
             if self._fd is not None:

@@ -165,11 +165,11 @@ class RunStats:
             "success_rate": round(100 * completed / total, 2) if total else 0.0,
         }
         for name, values in self._series.items():
-            stats[f"avg_{name}"] = _r3(sum(values) / len(values)) if values else None
+            stats[f"avg_{name}"] = round3(sum(values) / len(values)) if values else None
         for name, values in self._series.items():
             for q in (50, 95, 99):
-                stats[f"p{q}_{name}"] = _r3(percentile(values, q))
-            stats[f"max_{name}"] = _r3(max(values)) if values else None
+                stats[f"p{q}_{name}"] = round3(percentile(values, q))
+            stats[f"max_{name}"] = round3(max(values)) if values else None
         wall = None
         if self._first_start is not None and self._last_end is not None:
             span = self._last_end - self._first_start
@@ -177,8 +177,8 @@ class RunStats:
         stats["cancelled"] = self.cancelled
         stats["timed_out"] = self.timed_out
         stats["retried"] = self.retried
-        stats["throughput_per_min"] = _r3(completed * 60 / wall) if wall else None
-        stats["wall_time"] = _r3(wall)
+        stats["throughput_per_min"] = round3(completed * 60 / wall) if wall else None
+        stats["wall_time"] = round3(wall)
         return stats
 
 
@@ -284,8 +284,19 @@ def _parse_timestamp(text: str) -> float | None:
     return moment.timestamp()
 
 
-def _r3(value: float | None) -> float | None:
+def round3(value: float | None) -> float | None:
+    """Three decimals (a millisecond, for times in seconds); None stays None."""
     return None if value is None else round(value, 3)
+
+
+def ms_to_seconds(value: object) -> float | None:
+    """A duration the endpoint gave in milliseconds (delayTime, executionTime), in seconds.
+
+    None unless it is a number of at least zero: the field is optional and not always sane.
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return round(value / 1000.0, 3)
+    return None
 
 
 def _float_or_none(value: object, name: str) -> float | None:

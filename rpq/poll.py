@@ -11,6 +11,7 @@ from typing import Any
 from rpq.api import is_transient
 from rpq.errors import APIError
 from rpq.limiter import Clock, Sleep
+from rpq.metrics import ms_to_seconds
 from rpq.submit import Caller
 
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
@@ -73,9 +74,9 @@ class Timing:
         self.delay: float | None = None
 
     def _mix(self, old: float | None, ms: object) -> float | None:
-        if not isinstance(ms, (int, float)) or isinstance(ms, bool) or ms < 0:
+        sec = ms_to_seconds(ms)
+        if sec is None:
             return old
-        sec = ms / 1000.0
         return sec if old is None else self._alpha * sec + (1 - self._alpha) * old
 
     def learn(self, body: dict[str, Any]) -> None:

@@ -146,26 +146,6 @@ class PlainReporter:
         pass
 
 
-class RecordingReporter:
-    """Keeps everything it is told; for tests."""
-
-    def __init__(self) -> None:
-        self.records: list[JobRecord] = []
-        self.messages: list[str] = []
-
-    def start(self, tracker: Tracker) -> None:
-        pass
-
-    def job_done(self, record: JobRecord, skipped: bool = False) -> None:
-        self.records.append(record)
-
-    def message(self, text: str) -> None:
-        self.messages.append(text)
-
-    def stop(self) -> None:
-        pass
-
-
 class LiveReporter:
     """A Rich table on stderr, redrawn a few times a second."""
 

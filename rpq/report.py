@@ -11,7 +11,16 @@ from typing import TYPE_CHECKING, Any
 
 from rpq.errors import UsageError
 from rpq.files import atomic_write
-from rpq.metrics import TIME_FIELDS, JobRecord, Metrics, job_end, percentile, summarize
+from rpq.metrics import (
+    TIME_FIELDS,
+    JobRecord,
+    Metrics,
+    job_end,
+    percentile,
+    round3,
+    summarize,
+)
+from rpq.text import one_line
 
 if TYPE_CHECKING:
     from PIL import ImageDraw, ImageFont
@@ -199,7 +208,7 @@ def _sla(jobs: Sequence[JobRecord], targets: Sequence[SlaTarget]) -> dict[str, A
                 "within": within,
                 "jobs": len(jobs),
                 "share": None if share is None else round(share, 2),
-                "actual_s": _r3(percentile(times, target.percent)),
+                "actual_s": round3(percentile(times, target.percent)),
                 "passed": share is not None and share >= target.percent,
             }
         )
@@ -262,7 +271,7 @@ def _histogram(values: Sequence[float], buckets: int = 10) -> list[dict[str, Any
     for v in values:
         counts[min(int((v - start) // width), count - 1)] += 1
     return [
-        {"low": _r3(start + i * width), "high": _r3(start + (i + 1) * width), "count": c}
+        {"low": round3(start + i * width), "high": round3(start + (i + 1) * width), "count": c}
         for i, c in enumerate(counts)
     ]
 
@@ -279,9 +288,9 @@ def _cost(
     completed = sum(1 for j in jobs if j.status == "COMPLETED")
     return {
         "price_per_hour": price,
-        "processing_s": _r3(processing),
-        "cold_start_s": _r3(cold_time),
-        "billed_s": _r3(billed),
+        "processing_s": round3(processing),
+        "cold_start_s": round3(cold_time),
+        "billed_s": round3(billed),
         "run_cost": round(run_cost, 4),
         "per_completed_image": round(run_cost / completed, 6) if completed else None,
         "always_on_worker_per_month": round(price * HOURS_PER_MONTH, 2),
@@ -327,7 +336,7 @@ def _compare(current: Mapping[str, Any], base: Mapping[str, Any], source: str) -
                 "label": label,
                 "current": now,
                 "baseline": before,
-                "delta": _r3(delta),
+                "delta": round3(delta),
                 "change_pct": None if change is None else round(change, 1),
                 "better": better,
                 "regression": bool(regression) and delta != 0,
@@ -416,7 +425,7 @@ def _render_failures(rows: Sequence[Mapping[str, Any]], console: Console, table:
     out.add_column("jobs", justify="right")
     out.add_column("example")
     for row in rows:
-        example = _clip(row["example"], 160)
+        example = one_line(row["example"], 160)
         if row["example_job"]:
             example = f"{row['example_job']}: {example}"
         out.add_row(row["cause"], str(row["count"]), example)
@@ -430,7 +439,8 @@ def _render_slowest(rows: Sequence[Mapping[str, Any]], console: Console, table: 
     for head in ("job", "status", "queue s", "process s", "total s", "tries"):
         out.add_column(head, justify="left" if head in ("job", "status") else "right")
     for r in rows:
-        name = _clip(r["input"] or r["job_id"] or "?", 40) + (" (cold)" if r["cold_start"] else "")
+        cold = " (cold)" if r["cold_start"] else ""
+        name = one_line(r["input"] or r["job_id"] or "?", 40) + cold
         out.add_row(
             name,
             r["status"],
@@ -556,7 +566,7 @@ def plot_timeline(jobs: Sequence[JobRecord], path: Path, *, title: str = "") -> 
         if labelled:
             draw.text(
                 (10, y0 + row / 2),
-                _clip(s.label, 26),
+                one_line(s.label, 26),
                 fill=_COLOURS["text"],
                 font=font,
                 anchor="lm",
@@ -745,10 +755,3 @@ def _number(value: object) -> float | int | None:
     return value
 
 
-def _r3(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)
-
-
-def _clip(text: str, limit: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"

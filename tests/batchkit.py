@@ -1,4 +1,4 @@
-"""Running `rpq batch` in tests: through the CLI (CliRunner) or as a real subprocess."""
+"""Running `rpq batch` in tests: through the CLI (CliRunner), as a subprocess, or in-process."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from typer.testing import CliRunner
 
 from rpq.cli import app
 from rpq.local import LocalEndpoint
+from rpq.metrics import JobRecord
+from rpq.progress import Tracker
 
 
 @dataclass
@@ -25,6 +27,26 @@ class Run:
     def metrics(self, out: Path) -> dict[str, Any]:
         data: dict[str, Any] = json.loads((out / "job_metrics.json").read_text())
         return data
+
+
+class RecordingReporter:
+    """A progress reporter for a Batch run in-process: keeps every record and message."""
+
+    def __init__(self) -> None:
+        self.records: list[JobRecord] = []
+        self.messages: list[str] = []
+
+    def start(self, tracker: Tracker) -> None:
+        pass
+
+    def job_done(self, record: JobRecord, skipped: bool = False) -> None:
+        self.records.append(record)
+
+    def message(self, text: str) -> None:
+        self.messages.append(text)
+
+    def stop(self) -> None:
+        pass
 
 
 def endpoint_env(ep: LocalEndpoint, key: str | None = None) -> dict[str, str]:

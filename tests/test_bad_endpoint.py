@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from batchkit import batch_args, rpq
+from batchkit import RecordingReporter, batch_args, rpq
 from imaging import decodes, png_bytes
 from PIL import Image
 
 from rpq.local import LocalEndpoint
 from rpq.pipeline import Batch
-from rpq.progress import RecordingReporter
 from rpq.settings import BatchSettings, EndpointSettings
 
 HTML_502 = (
