@@ -1,0 +1,276 @@
+"""Pinned decisions of the pure parts: which image an output yields, how fast rpq may call,
+what counts toward the SLA, and what a crash mid-write or a damaged journal leaves behind."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from imaging import png_bytes
+
+from rpq.api import is_transient
+from rpq.errors import APIError
+from rpq.extract import extract
+from rpq.files import TEMP_SUFFIX, atomic_write
+from rpq.journal import Journal
+from rpq.limiter import Limiter, Limiters, Rate
+from rpq.metrics import JobRecord, Metrics
+from rpq.report import ReportOptions, build_report, parse_sla
+
+PNG = [png_bytes(i) for i in range(3)]
+B64 = [base64.b64encode(data).decode() for data in PNG]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def _decoded(output: object) -> list[bytes | None]:
+    return [artifact.data for artifact in extract(output)]
+
+
+# --- extract: which image an output yields ---------------------------------------------------
+
+
+def test_single_image_keys_in_the_order_the_known_workers_use_them() -> None:
+    # image_b64 (BiRefNet) before image (rembg, the guide) before image_base64.
+    assert _decoded({"image_base64": B64[2], "image": B64[1], "image_b64": B64[0]}) == [PNG[0]]
+    assert _decoded({"image_base64": B64[2], "image": B64[1]}) == [PNG[1]]
+    assert _decoded({"image_base64": B64[2], "image_b64": B64[0]}) == [PNG[0]]
+    assert _decoded({"image_base64": B64[2], "image": " "}) == [PNG[2]]  # blank is no image
+
+
+def test_a_list_of_images_comes_before_a_nested_output() -> None:
+    out = {"images": [{"type": "base64", "data": B64[0]}], "output": {"image": B64[1]}}
+    assert _decoded(out) == [PNG[0]]
+    assert _decoded({"image": B64[0], "output": {"image": B64[1]}}) == [PNG[0]]
+    # Only an empty list lets the nested output speak.
+    assert _decoded({"images": [], "output": {"image": B64[1]}}) == [PNG[1]]
+    assert _decoded({"output": {"output": {"image": B64[2]}}}) == [PNG[2]]
+
+
+def test_the_workers_file_name_travels_with_a_single_image() -> None:
+    [artifact] = extract({"image": B64[0], "filename": "cut.png"})
+    assert artifact.name == "cut.png"
+
+
+# --- api: what is worth asking again ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(("status", "transient"), [
+    (429, True), (408, True), (500, True), (502, True), (503, True), (599, True),
+    (400, False), (401, False), (403, False), (404, False), (409, False), (499, False),
+])
+def test_429_and_5xx_are_transient_other_4xx_final(status: int, transient: bool) -> None:
+    assert is_transient(APIError("x", status=status)) is transient
+
+
+def test_an_error_without_a_status_is_final() -> None:
+    assert is_transient(APIError("x")) is False
+    assert is_transient(ValueError("x")) is False
+
+
+# --- limiter: how fast rpq may call ----------------------------------------------------------
+
+
+def _free_calls(limiter: Limiter) -> int:
+    """How many calls go through at one instant before the first wait."""
+    n = 0
+    while limiter.reserve() == 0:
+        n += 1
+    return n
+
+
+@pytest.mark.parametrize(("count", "per", "burst"), [(100, 10.0, 10), (900, 10.0, 90),
+                                                     (25, 1.0, 2), (9, 1.0, 1), (1, 60.0, 1)])
+def test_default_burst_is_a_tenth_of_the_rate(count: int, per: float, burst: int) -> None:
+    clock = FakeClock()
+    assert _free_calls(Limiter(Rate(count, per), clock=clock, sleep=clock.sleep)) == burst
+
+
+def test_after_the_burst_calls_are_spaced_evenly() -> None:
+    clock = FakeClock()
+    limiter = Limiter(Rate(100, 10.0), clock=clock, sleep=clock.sleep)
+    waits = [limiter.acquire() for _ in range(13)]
+    assert waits[:10] == [0.0] * 10
+    assert waits[10:] == pytest.approx([0.1, 0.1, 0.1])
+    assert clock.now == pytest.approx(1000.3)
+
+
+def _busiest_window(times: list[float], width: float) -> int:
+    return max(sum(1 for t in times if start <= t < start + width) for start in times)
+
+
+@pytest.mark.parametrize(("op", "documented"), [("run", 1000), ("status", 2000), ("cancel", 100)])
+def test_no_10s_window_exceeds_runpods_documented_limit(op: str, documented: int) -> None:
+    clock = FakeClock()
+    limiters = Limiters(clock=clock, sleep=clock.sleep)
+    times = []
+    for _ in range(documented * 2):
+        limiters.acquire(op)
+        times.append(clock.now)
+    busiest = _busiest_window(times, 10.0)
+    assert busiest <= documented
+    assert busiest >= documented * 0.8  # the limit is used, not wasted
+
+
+@pytest.mark.parametrize(("text", "gap"),
+                         [("2/1", 0.5), ("5/60", 12.0), ("3", 1 / 3), ("20/10", 0.5)])
+def test_the_users_rate_spaces_submissions_with_no_burst(text: str, gap: float) -> None:
+    clock = FakeClock()
+    limiters = Limiters(Rate.parse(text), clock=clock, sleep=clock.sleep)
+    for _ in range(4):
+        limiters.acquire("run")
+    assert clock.slept == pytest.approx([gap] * 3)
+
+
+def test_the_users_rate_applies_to_submissions_only() -> None:
+    clock = FakeClock()
+    limiters = Limiters(Rate.parse("1/60"), clock=clock, sleep=clock.sleep)
+    for op in ("status", "status-sync", "cancel", "health"):
+        limiters.acquire(op)
+        limiters.acquire(op)
+    assert clock.slept == []
+
+
+def test_a_429_pause_holds_that_operation_only() -> None:
+    clock = FakeClock()
+    limiters = Limiters(clock=clock, sleep=clock.sleep)
+    limiters.pause("run", 5.0)
+    limiters.acquire("status")
+    assert clock.slept == []
+    limiters.acquire("run")
+    assert clock.slept == pytest.approx([5.0])
+
+
+# --- report: the SLA ------------------------------------------------------------------------
+
+
+def _sla(spec: str, totals: list[float | None]) -> dict[str, object]:
+    jobs = [JobRecord(input=f"{i}.png", status="COMPLETED" if t is not None else "FAILED",
+                      total_time=t) for i, t in enumerate(totals)]
+    report = build_report(Metrics(stats={}, jobs=jobs, run={}), ReportOptions(sla=parse_sla(spec)))
+    line: dict[str, object] = report["sla"]["targets"][0]
+    assert report["sla"]["passed"] is line["passed"]
+    return line
+
+
+def test_a_job_done_exactly_at_the_limit_is_within_it() -> None:
+    line = _sla("50:10", [10.0, 10.001])
+    assert (line["within"], line["jobs"], line["share"], line["passed"]) == (1, 2, 50.0, True)
+
+
+def test_a_share_just_under_the_target_fails() -> None:
+    line = _sla("50:10", [9.0, 11.0, 12.0])
+    assert (line["within"], line["share"], line["passed"]) == (1, 33.33, False)
+
+
+def test_jobs_with_no_known_time_count_against_the_sla() -> None:
+    # Denominator: every job of the run, not only those that reported a time.
+    line = _sla("60:10", [1.0, None])
+    assert (line["within"], line["jobs"], line["share"], line["passed"]) == (1, 2, 50.0, False)
+
+
+def test_sla_on_no_jobs_is_not_a_pass() -> None:
+    line = _sla("95:60", [])
+    assert (line["share"], line["passed"]) == (None, False)
+
+
+def test_every_target_must_pass() -> None:
+    report = build_report(
+        Metrics(stats={}, jobs=[JobRecord(input="a", status="COMPLETED", total_time=30.0)],
+                run={}),
+        ReportOptions(sla=parse_sla("95:60,99:20")))
+    assert [t["passed"] for t in report["sla"]["targets"]] == [True, False]
+    assert report["sla"]["passed"] is False
+
+
+# --- files: a crash mid-write ---------------------------------------------------------------
+
+
+def _crashing(parts: list[bytes]) -> Iterator[bytes]:
+    yield from parts
+    raise KeyboardInterrupt  # the process is stopped halfway through the file
+
+
+def test_a_crash_mid_write_leaves_the_old_file_whole(tmp_path: Path) -> None:
+    path = tmp_path / "out" / "result.png"
+    path.parent.mkdir()
+    path.write_bytes(PNG[0])
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, _crashing([PNG[1][:20], PNG[1][20:40]]))
+    assert path.read_bytes() == PNG[0]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["result.png"]  # no temp file left
+
+
+def test_a_crash_mid_write_of_a_new_file_leaves_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "new.png"
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, _crashing([PNG[1][:20]]))
+    assert list((tmp_path / "sub").iterdir()) == []
+
+
+def test_a_finished_write_replaces_the_file_whole(tmp_path: Path) -> None:
+    path = tmp_path / "result.png"
+    path.write_bytes(b"old")
+    atomic_write(path, [PNG[1][:20], PNG[1][20:]], fsync=True)
+    assert path.read_bytes() == PNG[1]
+    atomic_write(path, PNG[2])
+    assert path.read_bytes() == PNG[2]
+    assert not list(tmp_path.glob(f"*{TEMP_SUFFIX}"))
+
+
+def test_a_killed_write_is_a_hidden_temp_file_beside_the_target(tmp_path: Path) -> None:
+    # What a SIGKILL would leave: the temp file, named so a later run sweeps it.
+    path = tmp_path / "out" / "result.png"
+    seen: list[str] = []
+
+    def parts() -> Iterator[bytes]:
+        seen.extend(p.name for p in path.parent.iterdir())
+        yield PNG[0]
+
+    atomic_write(path, parts())
+    [temp] = seen
+    assert temp.startswith(".result.png.") and temp.endswith(TEMP_SUFFIX)
+
+
+def test_written_files_get_the_usual_permissions(tmp_path: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        atomic_write(tmp_path / "a.png", PNG[0])
+    finally:
+        os.umask(old)
+    # The umask read at import applies (0o022 in the test process), not mkstemp's 0600.
+    assert (tmp_path / "a.png").stat().st_mode & 0o777 == 0o666 & ~old
+
+
+# --- journal: a damaged line ----------------------------------------------------------------
+
+
+def _line(event: dict[str, object]) -> str:
+    return json.dumps(event) + "\n"
+
+
+def test_a_line_nested_too_deep_to_parse_is_skipped_like_a_torn_one(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    good = _line({"event": "submitted", "key": "k1", "rel": "a.png", "job_id": "j1"})
+    deep = "[" * 100_000 + "]" * 100_000 + "\n"  # json.loads raises RecursionError on it
+    later = _line({"event": "intent", "key": "k2", "rel": "b.png", "attempt": 1})
+    path.write_text(good + deep + later)
+    journal = Journal(path)
+    assert journal.torn_lines == 1
+    assert [e.job_id for e in journal.in_flight()] == ["j1"]
+    assert [e.rel for e in journal.orphans()] == ["b.png"]
