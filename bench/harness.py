@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -95,6 +96,44 @@ def image_set(cache: Path, count: int) -> Path:
                 os.link(pool / name, target)
             except OSError:
                 target.write_bytes((pool / name).read_bytes())
+    marker.write_text("")
+    return folder
+
+
+#: Camera sizes: megapixels -> (width, height), 3:2 like most camera sensors.
+PHOTO_SIZES = {2: (1800, 1200), 12: (4200, 2800), 24: (6000, 4000)}
+
+
+def photo_bytes(seed: int, size: tuple[int, int]) -> bytes:
+    """A JPEG that compresses like a camera photo (about 7 MB at 24 MP): smooth colour fields
+    under fine grain, from a seeded generator so every run sends the same bytes."""
+    from PIL import Image, ImageChops
+
+    rng = random.Random(seed)
+    w, h = size
+    coarse = (max(1, w // 32), max(1, h // 32))
+    base = Image.frombytes("RGB", coarse, rng.randbytes(coarse[0] * coarse[1] * 3))
+    base = base.resize(size, Image.Resampling.BICUBIC)
+    grain = Image.frombytes("L", size, rng.randbytes(w * h)).point(lambda v: v * 15 // 255)
+    im = ImageChops.add(base, Image.merge("RGB", (grain, grain, grain)))
+    tmp = io.BytesIO()
+    im.save(tmp, "JPEG", quality=90)
+    return tmp.getvalue()
+
+
+def photo_set(cache: Path, count: int, megapixels: int) -> Path:
+    """A folder of `count` distinct camera-size JPEGs; made once, then reused."""
+    folder = cache / f"photos-{megapixels}mp-{count}"
+    marker = folder / ".complete"
+    if marker.exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in range(count):
+        target = folder / f"photo{n:03d}.jpg"
+        if not target.exists():
+            tmp = folder / f".{target.name}.tmp"
+            tmp.write_bytes(photo_bytes(1000 * megapixels + n, PHOTO_SIZES[megapixels]))
+            os.replace(tmp, target)
     marker.write_text("")
     return folder
 

@@ -6,13 +6,14 @@ import argparse
 import json
 import math
 import random
+import re
 import shutil
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness as h
+import scale_bench
+from tables import Context, Row, Scenario, med
+from tables import fmt as _fmt
+from tables import ratio as _ratio
 
 # ---- sizes -------------------------------------------------------------------------------
 
@@ -80,15 +85,6 @@ S5_HELP_S = 0.2
 # ---- running pairs -----------------------------------------------------------------------
 
 
-@dataclass
-class Context:
-    """Where the runs write, and how big they are."""
-
-    work: Path
-    cache: Path
-    sizes: Sizes
-    log: Callable[[str], None]
-
 
 def client_run(ctx: Context, tag: str, client: str, folder: Path, images: int,
                endpoint: dict[str, Any], concurrency: int, timeout: float) -> h.RunFigures:
@@ -144,53 +140,7 @@ def pairs(ctx: Context, name: str, folder: Path, images: int, endpoint: dict[str
     return runs
 
 
-def med(runs: list[h.RunFigures], get: Callable[[h.RunFigures], float | None]) -> float | None:
-    values = [v for v in (get(r) for r in runs) if v is not None]
-    return statistics.median(values) if values else None
-
-
 # ---- results -----------------------------------------------------------------------------
-
-
-@dataclass
-class Row:
-    """One line of the figures table."""
-
-    scenario: str
-    figure: str
-    rpq: str
-    baseline: str
-    ratio: str = ""
-    target: str = ""
-    met: bool | None = None
-    why: str = ""  # what bounds the figure, shown when the target is missed
-
-
-@dataclass
-class Scenario:
-    """A scenario's rows, per-run detail, and notes."""
-
-    key: str
-    title: str
-    setup: str
-    rows: list[Row] = field(default_factory=list)
-    detail: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    bounds: list[str] = field(default_factory=list)
-    data: dict[str, Any] = field(default_factory=dict)
-
-
-def _fmt(value: float | None, digits: int = 2, unit: str = "") -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a"
-    return f"{value:,.{digits}f}{unit}"
-
-
-def _ratio(a: float | None, b: float | None, digits: int = 2) -> str:
-    if a is None or b is None or b == 0:
-        return "n/a"
-    r = a / b
-    return f"{r:.{digits}f}x" if r >= 0.1 else f"{r:.2g}x"
 
 
 def run_table(runs: dict[str, list[h.RunFigures]]) -> list[str]:
@@ -597,7 +547,7 @@ def scenario_6(ctx: Context) -> Scenario:
 
 SCENARIOS: dict[str, Callable[[Context], Scenario]] = {
     "1": scenario_1, "2": scenario_2, "3": scenario_3, "4": scenario_4, "5": scenario_5,
-    "6": scenario_6,
+    "6": scenario_6, **scale_bench.SCENARIOS,
 }
 
 
@@ -635,6 +585,7 @@ def summary_line(done: dict[str, Scenario], cpus: str = "?") -> str:
             f"{_over(d['makespan']['rpq'], d['ideal'])} the ideal")
     if "5" in done:
         parts.append(f"`rpq --help` in {done['5'].data['help']:.2f} s")
+    parts += scale_bench.summary_parts({k: sc.data for k, sc in done.items()})
     if not parts:
         return "No scenario ran."
     return (f"rpq against a local endpoint on {cpus} CPUs: " + "; ".join(parts) + ".")
@@ -667,7 +618,8 @@ def render(done: dict[str, Scenario], meta: dict[str, Any]) -> str:
         "Rerun: `make bench` (about 15 minutes; writes this file, raw figures in "
         "`BENCH_OUT/results.json`, logs in `BENCH_OUT/runs/`), or "
         "`.venv/bin/python bench/run_all.py --quick --markdown /tmp/b.md` for a one-minute smoke "
-        "run. `--only 1,3` runs a subset.",
+        "run. `--only 1,3` runs a subset; `--only photos`, `cpu` or `auto` runs scenario 7, 8 "
+        "or 9 alone (a few minutes each).",
         "",
         "## How it is measured",
         "",
@@ -717,6 +669,76 @@ def render(done: dict[str, Scenario], meta: dict[str, Any]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _sections(text: str) -> dict[str, str]:
+    """A report's "## " sections by title; "" holds what comes before the first."""
+    head, *rest = text.split("\n## ")
+    parts = {"": head}
+    for block in rest:
+        title, _, body = block.partition("\n")
+        parts[title.strip()] = body
+    return parts
+
+
+def merge(old: str, new: str, ran: set[str], meta: dict[str, Any]) -> str:
+    """`old` report with the scenarios in `ran` replaced by (or added from) `new`."""
+    def table_rows(text: str) -> list[str]:
+        return [line for line in text.splitlines() if re.match(r"\| \d+ \| ", line)]
+
+    def key_of(line: str) -> str:
+        return line.split("|")[1].strip()
+
+    rows = [r for r in table_rows(old) if key_of(r) not in ran] + table_rows(new)
+    rows.sort(key=lambda r: int(key_of(r)))
+    old_s, new_s = _sections(old), _sections(new)
+    keep = {title: body for title, body in old_s.items()
+            if not re.match(r"\d+\. ", title) or title.split(".")[0] not in ran}
+    for title, body in new_s.items():
+        if re.match(r"\d+\. ", title) and title.split(".")[0] in ran:
+            keep[title] = body
+    m = meta["machine"]
+    stamp = (f"Scenarios {', '.join(sorted(ran, key=int))} measured {m['date']} "
+             f"(`--only`, {meta['minutes']:.1f} minutes); the others as dated above.")
+    lines = [line for line in old_s[""].rstrip().splitlines()
+             if not _stamp_of(line) or not _stamp_of(line) <= ran]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    lines += ["", stamp]
+    numbered = sorted((t for t in keep if re.match(r"\d+\. ", t)),
+                      key=lambda t: int(t.split(".")[0]))
+    for title in [t for t in keep if t and not re.match(r"\d+\. ", t)] + numbered:
+        body = keep[title]
+        if title == "Figures":
+            header = [line for line in body.splitlines() if line.startswith("| #")
+                      or line.startswith("|---")]
+            body = "\n" + "\n".join(header + rows) + "\n"
+        elif title.startswith("Targets missed"):
+            body = _merged_misses(old_s.get(title, ""), new_s.get(title, ""), ran)
+        lines += ["", f"## {title}", body.rstrip()]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _stamp_of(line: str) -> set[str]:
+    """The scenarios a "Scenarios 7, 8 measured ..." line dates, or none."""
+    found = re.match(r"Scenarios ([\d, ]+) measured ", line)
+    return {k.strip() for k in found.group(1).split(",")} if found else set()
+
+
+def _merged_misses(old: str, new: str, ran: set[str]) -> str:
+    """Bullets of both reports; a scenario that ran keeps only its new ones."""
+    def mine(line: str) -> str | None:
+        found = re.search(r"\(scenario (\d+)\)|[Ss]cenario (\d+)", line)
+        return (found.group(1) or found.group(2)) if found else None
+
+    old_lines = [b for b in old.splitlines() if b.startswith("- ")
+                 and mine(b) not in ran and "Every target was met" not in b]
+    new_lines = [b for b in new.splitlines() if b.startswith("- ")
+                 and "Every target was met" not in b]
+    bullets = old_lines + new_lines
+    if not any("**Missed**" in b for b in bullets):
+        bullets.insert(0, "- Every target was met in the runs reported here.")
+    return "\n" + "\n".join(bullets) + "\n"
+
+
 # ---- main --------------------------------------------------------------------------------
 
 
@@ -725,7 +747,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes and 1 repetition (a smoke run of a minute)")
     parser.add_argument("--reps", type=int, default=None, help="repetitions per figure")
-    parser.add_argument("--only", default="", help="scenarios to run, e.g. 1,3")
+    parser.add_argument("--only", default="",
+                        help="scenarios to run, e.g. 1,3 or photos,cpu,auto (7, 8, 9)")
     parser.add_argument("--work", type=Path, default=h.REPO / "BENCH_OUT",
                         help="runs, logs, cached images and results.json go here")
     parser.add_argument("--markdown", type=Path, default=h.REPO / "BENCHMARKS.md",
@@ -736,16 +759,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.reps < 1:
             parser.error("--reps must be at least 1")
         sizes = Sizes(**{**sizes.__dict__, "reps": args.reps})
-    wanted = [k.strip() for k in args.only.split(",") if k.strip()] or list(SCENARIOS)
+    wanted = [scale_bench.ALIASES.get(k.strip(), k.strip()) for k in args.only.split(",")
+              if k.strip()] or list(SCENARIOS)
     unknown = [k for k in wanted if k not in SCENARIOS]
     if unknown:
-        parser.error(f"unknown scenario(s) {', '.join(unknown)}; use 1-6")
+        parser.error(f"unknown scenario(s) {', '.join(unknown)}; use 1-9 or "
+                     + ", ".join(scale_bench.ALIASES))
     args.work.mkdir(parents=True, exist_ok=True)
 
     def log(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
-    ctx = Context(work=args.work, cache=args.work / "cache", sizes=sizes, log=log)
+    ctx = Context(work=args.work, cache=args.work / "cache", sizes=sizes, log=log,
+                  quick=args.quick)
     started = time.perf_counter()
     done: dict[str, Scenario] = {}
     for key in wanted:
@@ -757,7 +783,11 @@ def main(argv: list[str] | None = None) -> int:
         k: {"title": sc.title, "rows": [r.__dict__ for r in sc.rows], "data": sc.data}
         for k, sc in done.items()}}
     (args.work / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    args.markdown.write_text(render(done, meta), encoding="utf-8")
+    text = render(done, meta)
+    if args.only and args.markdown.exists():
+        # A subset: the other scenarios keep the figures of the run that measured them.
+        text = merge(args.markdown.read_text(encoding="utf-8"), text, set(done), meta)
+    args.markdown.write_text(text, encoding="utf-8")
     log(f"wrote {args.markdown} ({meta['minutes']:.1f} min)")
     log(results["summary"])
     return 0

@@ -26,7 +26,7 @@ def _load_run_all(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_run_all_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run_all = _load_run_all(monkeypatch)
     markdown = tmp_path / "BENCHMARKS.md"
@@ -36,7 +36,7 @@ def test_run_all_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
     results = json.loads((work / "results.json").read_text())
     scenarios = results["scenarios"]
-    assert sorted(scenarios) == ["1", "2", "3", "4", "5", "6"]
+    assert sorted(scenarios) == ["1", "2", "3", "4", "5", "6", "7", "8", "9"]
     for key, sc in scenarios.items():
         assert sc["rows"], f"scenario {key} produced no figures"
         for row in sc["rows"]:
@@ -57,11 +57,45 @@ def test_run_all_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     d5, d6 = scenarios["5"]["data"], scenarios["6"]["data"]
     assert d5["help"] > 0 and d5["report"] > 0 and d5["import_runpod"] > 0
     assert d6["best"] > 0 and all(r["errors"] == 0 for r in d6["rounds"])
+    d7, d8, d9 = scenarios["7"]["data"], scenarios["8"]["data"], scenarios["9"]["data"]
+    assert d7["peak_rss_mb"] and all(mb > 0 for mb in d7["peak_rss_mb"].values())
+    assert d8 and all(v["floor"] > 0 and v["per_image"] > 0 for v in d8.values())
+    for case in "abc":
+        assert all(run["completed"] == run["images"] for run in d9[case].values()), case
 
     text = markdown.read_text()
     assert text.startswith("# Benchmarks\n\n**Summary:** rpq ")
     for heading in ("## How it is measured", "## Figures", "## Targets missed",
-                    "## 1. Throughput", "## 6. The endpoint itself"):
+                    "## 1. Throughput", "## 6. The endpoint itself",
+                    "## 9. Concurrency that follows the endpoint"):
         assert heading in text
     assert "Python 3." in text and "CPUs" in text and "make bench" in text
     assert results["summary"] in text
+
+
+def test_a_subset_keeps_the_other_scenarios_of_the_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_all = _load_run_all(monkeypatch)
+    from tables import Row, Scenario
+
+    meta = {"machine": {"cpus": "2", "cpu": "x", "memory": "1 GiB", "python": "3.11",
+                        "os": "Linux", "date": "2026-12-01 22:00 UTC"},
+            "reps": 1, "quick": False, "minutes": 1.0}
+
+    def report(figures: dict[str, str]) -> str:
+        return run_all.render({k: Scenario(k, f"Title {k}", f"setup {k}",
+                                           rows=[Row(k, "figure", v, "", "", "<= 5",
+                                                     float(v) <= 5, why="slow")])
+                               for k, v in figures.items()}, meta)
+
+    full = report({"6": "1", "7": "2", "8": "3"})
+    merged = run_all.merge(full, report({"8": "9"}), {"8"}, meta)
+    assert "| 6 | figure | 1 |" in merged and "| 7 | figure | 2 |" in merged
+    assert "| 8 | figure | 9 |" in merged and "| 8 | figure | 3 |" not in merged
+    assert merged.index("## 7. Title 7") < merged.index("## 8. Title 8")
+    assert "**Missed** (scenario 8)" in merged
+    assert "Scenarios 8 measured 2026-12-01 22:00 UTC" in merged
+    again = run_all.merge(merged, report({"8": "4"}), {"8"}, meta)
+    assert "**Missed**" not in again and "Every target was met" in again
+    assert again.count("Scenarios 8 measured") == 1
