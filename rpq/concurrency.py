@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from rpq.health import diagnose
@@ -137,4 +137,54 @@ class Concurrency:
         self._target = target
 
 
-__all__ = ["AUTO_CEILING", "AUTO_START", "Concurrency"]
+class Gate:
+    """Lets a job out while fewer than the target are; the target may move at any time.
+
+    Waiting is interruptible: `enter` gives up when `give_up()` says so (looked at every
+    RECHECK seconds, and at once after `poke`). Thread-safe.
+    """
+
+    RECHECK = 0.25
+
+    def __init__(self, concurrency: Concurrency) -> None:
+        self.concurrency = concurrency
+        self._cond = threading.Condition()
+        self._out = 0
+        self._waiting = 0
+
+    @property
+    def out(self) -> int:
+        with self._cond:
+            return self._out
+
+    @property
+    def waiting(self) -> int:
+        with self._cond:
+            return self._waiting
+
+    def enter(self, give_up: Callable[[], bool] | None = None) -> bool:
+        """Wait for room under the target and take it; False (nothing taken) if given up."""
+        with self._cond:
+            self._waiting += 1
+            try:
+                while self._out >= self.concurrency.target:
+                    if give_up is not None and give_up():
+                        return False
+                    self._cond.wait(self.RECHECK)
+                self._out += 1
+                return True
+            finally:
+                self._waiting -= 1
+
+    def leave(self) -> None:
+        with self._cond:
+            self._out = max(0, self._out - 1)
+            self._cond.notify_all()
+
+    def poke(self) -> None:
+        """The target (or a give-up condition) may have changed: waiters look again now."""
+        with self._cond:
+            self._cond.notify_all()
+
+
+__all__ = ["AUTO_CEILING", "AUTO_START", "Concurrency", "Gate"]

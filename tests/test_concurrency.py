@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
+from helpers import wait_for
 
 from rpq.concurrency import (
     AUTO_START,
@@ -14,6 +16,7 @@ from rpq.concurrency import (
     QUEUE_MIN,
     SETTLE,
     Concurrency,
+    Gate,
 )
 
 
@@ -165,3 +168,52 @@ def test_the_ceiling_bounds_every_path() -> None:
     for _ in range(50):
         c.started(0.0, c.target)
     assert c.target == 20
+
+
+class Entrant:
+    """Gate.enter() on a thread of its own, so a test can watch it wait."""
+
+    def __init__(self, gate: Gate, give_up: threading.Event | None = None) -> None:
+        self.result: bool | None = None
+        check = give_up.is_set if give_up is not None else None
+        self.thread = threading.Thread(target=lambda: setattr(self, "result", gate.enter(check)),
+                                       daemon=True)
+        self.thread.start()
+
+    def done(self) -> bool:
+        self.thread.join(10)
+        return self.result is not None
+
+
+def test_the_gate_follows_the_target_up_and_down() -> None:
+    c = Concurrency(clock=Clock())
+    c.health(health(ready=2))  # target 2 + QUEUE_MIN
+    gate = Gate(c)
+    for _ in range(c.target):
+        assert gate.enter()
+    waiting = Entrant(gate)
+    wait_for(lambda: gate.waiting == 1)  # full: it waits
+    c.health(health(ready=3))  # one more worker: room for one more job
+    gate.poke()
+    assert waiting.done() and waiting.result is True
+    assert gate.out == 3 + QUEUE_MIN
+    c.health(health(ready=1))  # fewer workers: no new job until enough have ended
+    blocked = Entrant(gate)
+    wait_for(lambda: gate.waiting == 1)
+    for _ in range(2):
+        gate.leave()
+    assert blocked.result is None and gate.out == 1 + QUEUE_MIN
+    gate.leave()
+    assert blocked.done() and gate.out == 1 + QUEUE_MIN
+
+
+def test_a_gate_wait_can_give_up() -> None:
+    gate = Gate(Concurrency(1))
+    assert gate.enter()
+    stop = threading.Event()
+    waiting = Entrant(gate, stop)
+    wait_for(lambda: gate.waiting == 1)
+    stop.set()
+    gate.poke()
+    assert waiting.done() and waiting.result is False
+    assert gate.out == 1
