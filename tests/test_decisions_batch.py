@@ -31,31 +31,32 @@ def fake() -> Iterator[Callable[[Script], FakeEndpoint]]:
 
 
 class Story:
-    """What the scripted endpoint has answered so far, shared by its handler threads."""
+    """Roles by order of submission (either image may be sent first): the early job runs long,
+    the late one is sent `--rate` later and finishes at once; resubmissions finish at once."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.first: dict[str, FakeJob] = {}  # image name -> its first job
+        self.order: list[FakeJob] = []
         self.created: dict[str, float] = {}  # job id -> when /run created it
-        self.b_done_at: int | None = None  # polls of the first `a` when `b` was answered done
+        self.late_done_at: int | None = None  # polls of the early job when the late one ended
         self.requeued = False
 
-    def note(self, op: str, job: FakeJob) -> bool:
-        """Record the job; True when it is the first job of its image."""
+    def role(self, op: str, job: FakeJob) -> str:
         with self.lock:
             if op == "run":
                 self.created[job.id] = time.monotonic()
-                self.first.setdefault(job.name, job)
-            return self.first.get(job.name) is job
+                self.order.append(job)
+            index = next(i for i, known in enumerate(self.order) if known is job)
+        return ("early", "late")[index] if index < 2 else "resubmitted"
 
-    def b_finished(self) -> None:
+    def late_finished(self) -> None:
         with self.lock:
-            if self.b_done_at is None:
-                self.b_done_at = self.first["a"].polls
+            if self.late_done_at is None:
+                self.late_done_at = self.order[0].polls
 
-    def polls_since_b(self, job: FakeJob) -> int:
+    def polls_since_late(self, job: FakeJob) -> int:
         with self.lock:
-            return -1 if self.b_done_at is None else job.polls - self.b_done_at
+            return -1 if self.late_done_at is None else job.polls - self.late_done_at
 
     def age(self, job: FakeJob) -> float:
         return time.monotonic() - self.created[job.id]
@@ -68,21 +69,21 @@ def _answer(job: FakeJob, status: str) -> Reply:
 @pytest.mark.timeout(60)
 def test_a_running_job_is_never_cancelled_as_stalled(
         tmp_path: Path, fake: Callable[[Script], FakeEndpoint]) -> None:
-    # `a` runs on; `b`, sent 1.5 s later, starts and finishes meanwhile. Were `a` judged like
-    # a queued job, it would count as overtaken and be cancelled: a started job is paid for,
-    # so rpq waits for it instead.
+    # The early job runs on; the late one, sent 1.5 s later, starts and finishes meanwhile.
+    # Were the early job judged like a queued one, it would count as overtaken and be
+    # cancelled: a started job is paid for, so rpq waits for it instead.
     story = Story()
 
     def script(op: str, job: FakeJob | None) -> Reply | None:
         if job is None:
             return None
-        first = story.note(op, job)
+        role = story.role(op, job)
         if op not in POLLS:
             return None
-        if job.name == "b":
-            story.b_finished()
+        if role == "late":
+            story.late_finished()
             return None  # COMPLETED
-        if first and story.polls_since_b(job) < 3:
+        if role == "early" and story.polls_since_late(job) < 3:
             return _answer(job, "IN_PROGRESS")
         return None
 
@@ -100,24 +101,25 @@ def test_a_running_job_is_never_cancelled_as_stalled(
 @pytest.mark.timeout(60)
 def test_a_job_back_in_the_queue_waits_from_when_it_went_back(
         tmp_path: Path, fake: Callable[[Script], FakeEndpoint]) -> None:
-    # `a` runs, loses its worker and goes back to IN_QUEUE after `b` (sent 1.5 s after it) has
-    # finished. Its wait counts from its return to the queue: `b` did not overtake it then, and
-    # a moment in the queue is no stall. Counted from its first submission, it would be cancelled.
+    # The early job runs, loses its worker and goes back to IN_QUEUE after the late one (sent
+    # 1.5 s after it) has finished. Its wait counts from its return to the queue: the late job
+    # did not overtake it then, and a moment in the queue is no stall. Counted from its first
+    # submission, it would be cancelled.
     story = Story()
     max_queue_time = 2.0
 
     def script(op: str, job: FakeJob | None) -> Reply | None:
         if job is None:
             return None
-        first = story.note(op, job)
+        role = story.role(op, job)
         if op not in POLLS:
             return None
-        if job.name == "b":
-            story.b_finished()
+        if role == "late":
+            story.late_finished()
             return None
-        if not first:
+        if role != "early":
             return None
-        if story.polls_since_b(job) < 2 or story.age(job) < max_queue_time + 0.5:
+        if story.polls_since_late(job) < 2 or story.age(job) < max_queue_time + 0.5:
             return _answer(job, "IN_PROGRESS")
         if not story.requeued:
             story.requeued = True
@@ -131,8 +133,8 @@ def test_a_job_back_in_the_queue_waits_from_when_it_went_back(
     assert endpoint.calls["cancel"] == 0, run.stderr
     assert endpoint.calls["run"] == 2
     assert run.code == 0, run.stderr
-    assert story.first["a"].polls >= 3  # it was seen running, queued again, then done
-    assert _jobs(out)["a.png"]["status"] == "COMPLETED"
+    assert story.requeued and story.order[0].polls >= 3  # running, queued again, then done
+    assert {job["status"] for job in _jobs(out).values()} == {"COMPLETED"}
 
 
 # --- long polls: when /status-sync is refused or missing -------------------------------------
