@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import json
 import os
 import re
@@ -9,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timezone
 from typing import Any
 from urllib.parse import quote
 
@@ -27,6 +29,13 @@ class TransportError(APIError):
     """No HTTP answer at all: connection refused or reset, timeout, truncated body."""
 
 
+class NotRunPodAPI(EndpointError, APIError):
+    """A RunPod route answered with something that is not RunPod's JSON (exit 3).
+
+    Also an APIError, so a batch that meets one mid-run records it against the job.
+    """
+
+
 def is_transient(exc: BaseException) -> bool:
     """Connection errors, 408, 429 and 5xx are worth retrying; every other 4xx is final."""
     if isinstance(exc, TransportError):
@@ -42,13 +51,14 @@ class Reply:
 
     status: int
     body: Any
+    json: bool = True  # False: the body was not JSON (an HTML page, plain text, nothing)
 
 
-def _parse(resp: requests.Response) -> Any:
+def _parse(resp: requests.Response) -> tuple[Any, bool]:
     try:
-        return resp.json()
+        return resp.json(), True
     except ValueError:
-        return {"text": _plain(resp.text.strip())[:500]}
+        return {"text": _plain(resp.text.strip())[:500]}, False
 
 
 _TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
@@ -62,6 +72,14 @@ def _plain(text: str) -> str:
     title = _TITLE.search(text)
     words = " ".join((title.group(1) if title else _TAG.sub(" ", text)).split())
     return f"an HTML page: {words}" if words else "an empty HTML page"
+
+
+def _text_of(body: Any) -> str:
+    """What a body that was not JSON said, for a message (`_parse` keeps it under "text")."""
+    text = body.get("text") if isinstance(body, dict) else None
+    if not text:
+        return "an empty body"
+    return text if text.startswith(("an HTML page:", "an empty HTML page")) else f"text: {text}"
 
 
 def _describe(body: Any) -> str:
@@ -149,19 +167,19 @@ class RunPodClient:
         return self._job_body(reply)
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        reply = self._call("cancel", "POST", f"/cancel/{quote(job_id, safe='')}")
-        return reply.body if isinstance(reply.body, dict) else {"answer": reply.body}
+        path = f"/cancel/{quote(job_id, safe='')}"
+        return self._object(self._call("cancel", "POST", path), path)
 
     def retry(self, job_id: str) -> dict[str, Any]:
-        reply = self._call("retry", "POST", f"/retry/{quote(job_id, safe='')}")
-        return reply.body if isinstance(reply.body, dict) else {"answer": reply.body}
+        path = f"/retry/{quote(job_id, safe='')}"
+        return self._object(self._call("retry", "POST", path), path)
 
     def purge(self) -> dict[str, Any]:
-        reply = self._call("purge-queue", "POST", "/purge-queue")
-        return reply.body if isinstance(reply.body, dict) else {"answer": reply.body}
+        return self._object(self._call("purge-queue", "POST", "/purge-queue"), "/purge-queue")
 
     def health(self) -> dict[str, Any]:
-        """GET /health; 401 and 404 become AuthError / EndpointNotFound (the run cannot start)."""
+        """GET /health; 401 and 404 become AuthError / EndpointNotFound (the run cannot start),
+        and an answer that is not RunPod's JSON becomes NotRunPodAPI."""
         try:
             reply = self._call("health", "GET", "/health")
         except TransportError as exc:
@@ -169,6 +187,8 @@ class RunPodClient:
                 f"cannot reach the endpoint at {self.url} ({exc}). "
                 "Check --base-url / RUNPOD_ENDPOINT_BASE_URL and your network."
             ) from None
+        except NotRunPodAPI:
+            raise
         except APIError as exc:
             if exc.status == 401:
                 raise AuthError(
@@ -181,7 +201,23 @@ class RunPodClient:
                     "Check --endpoint / RUNPOD_ENDPOINT_ID."
                 ) from None
             raise
-        return reply.body if isinstance(reply.body, dict) else {}
+        return self._object(reply, "/health")
+
+    def _object(self, reply: Reply, path: str) -> dict[str, Any]:
+        """A 2xx answer that must be a JSON object, as every RunPod route answers."""
+        if not reply.json or not isinstance(reply.body, dict):
+            what = _text_of(reply.body) if not reply.json else "JSON that is not an object"
+            raise self._not_runpod(path, reply.status, what, reply.body)
+        body: dict[str, Any] = reply.body
+        return body
+
+    def _not_runpod(self, path: str, status: int, what: str, body: Any) -> NotRunPodAPI:
+        return NotRunPodAPI(
+            f"{self.url}{path} answered HTTP {status} with {what[:120]}, not RunPod's JSON: "
+            f"this is not a RunPod API at {self.base_url}. Check --base-url / "
+            f"RUNPOD_ENDPOINT_BASE_URL (RunPod's is https://api.runpod.ai/v2).",
+            status, body,
+        )
 
     def download(
         self, url: str, *, max_bytes: int, timeout: float, deadline: float | None = None
@@ -252,15 +288,24 @@ class RunPodClient:
         except requests.RequestException as exc:
             # str(exc) can be long and carries the URL; the type and cause are what help.
             raise TransportError(f"{op}: {type(exc).__name__}: {_short_cause(exc)}") from None
-        body = _parse(resp)
+        body, is_json = _parse(resp)
+        if resp.status_code == 404 and not is_json and _is_html(resp):
+            # RunPod's own 404s (unknown endpoint, expired job) are not web pages: a web
+            # server or proxy is answering where the API should be.
+            raise self._not_runpod(path, 404, _text_of(body), body)
         if resp.status_code >= 400:
             raise APIError(
                 f"{op}: HTTP {resp.status_code}: {_describe(body)}",
                 resp.status_code,
                 body,
-                retry_after=_retry_after_header(resp.headers.get("Retry-After")),
+                retry_after=retry_after_seconds(resp.headers.get("Retry-After")),
             )
-        return Reply(resp.status_code, body)
+        return Reply(resp.status_code, body, is_json)
+
+
+def _is_html(resp: requests.Response) -> bool:
+    kind = resp.headers.get("Content-Type", "").lower()
+    return "html" in kind or resp.text.lstrip()[:1] == "<"
 
 
 def _short_cause(exc: BaseException) -> str:
@@ -272,13 +317,25 @@ def _short_cause(exc: BaseException) -> str:
     return text[:120]
 
 
-def _retry_after_header(value: str | None) -> float | None:
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: a number of seconds or an HTTP date.
+
+    `now` is the wall clock (time.time()) to count a date from; a date in the past means 0.
+    """
     if not value:
         return None
+    value = value.strip()
     try:
         return max(0.0, float(value))
     except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
         return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT; an obsolete form may lack the zone
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def _arriving(resp: requests.Response) -> Iterator[bytes]:

@@ -37,6 +37,8 @@ def atomic_write(path: Path, data: bytes | Iterable[bytes], *, fsync: bool = Fal
     """Write to a temp file in the same folder, then rename it over `path`.
 
     The file gets the usual permissions (0666 less the umask), not mkstemp's private 0600.
+    With `fsync`, the data and then the folder are flushed to disk: a rename lives in the
+    folder, so without the second flush a power cut can bring back the old file.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
@@ -55,3 +57,20 @@ def atomic_write(path: Path, data: bytes | Iterable[bytes], *, fsync: bool = Fal
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    if fsync:
+        fsync_folder(path.parent)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries (a rename, a new file) to disk; a no-op where folders cannot
+    be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a folder; the file itself is on disk
+    finally:
+        os.close(fd)

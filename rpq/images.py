@@ -313,43 +313,43 @@ def prepare(
     brought down to `max_side` (never up), metadata other than a still-valid ICC colour
     profile is dropped, and the result is encoded as `fmt` ("png" | "jpeg" | "webp"; default:
     png stays png, jpeg stays jpeg, anything else becomes png). Animated images keep only
-    their first frame when re-encoded. Raises InputError naming the file and what to do.
+    their first frame when re-encoded. Raises InputError saying what is wrong and what to do
+    (the caller names the file).
     """
     target = _normalise_format(fmt)
     if max_side is not None and max_side < 1:
         raise UsageError(f"max side must be a positive number of pixels, not {max_side}.")
-    rel = image.rel
     try:
         original = image.path.read_bytes()
     except OSError as exc:
         raise InputError(
-            f"{rel}: cannot read it ({_os_reason(exc)}). "
+            f"cannot read it ({_os_reason(exc)}). "
             "Check its permissions or remove it from the folder."
         ) from None
     if not original:
-        raise InputError(f"{rel}: empty file. Remove it from the folder.")
+        raise InputError("empty file. Remove it from the folder.")
     digest = hashlib.sha256(original).hexdigest()
     kind = sniff(original[:SNIFF_BYTES])
     if kind is None:
         raise InputError(
-            f"{rel}: {_describe_non_image(original[:SNIFF_BYTES])}. "
+            f"{_describe_non_image(original[:SNIFF_BYTES])}. "
             "Remove it from the folder or exclude it."
         )
 
-    im = _open_checked(original, kind, rel, max_pixels)
+    im = _open_checked(original, kind, max_pixels)
     try:
         if kind == "png":
             # Pillow's decoder stops once it has every row, so a PNG cut after its last pixels
             # (no IEND, broken checksum) would pass; verify() walks every chunk and its CRC.
-            _verify_png(original, rel)
+            _verify_png(original)
         if max_side is None and target is None:
             width, height = im.size
-            check_whole(im, rel)
+            check_whole(im)
             return Prepared(image, original, _MIME[kind], kind, width, height, digest)
         # The pixels are all that is needed from here: the file's bytes go now, not at return.
         del original
         out_kind = target or (kind if kind in ("png", "jpeg") else "png")
-        data, width, height = _reencode(im, rel, out_kind, max_side)
+        data, width, height = _reencode(im, out_kind, max_side)
     finally:
         im.close()
     return Prepared(image, data, _MIME[out_kind], out_kind, width, height, digest)
@@ -407,7 +407,7 @@ def _bytes_per_pixel(mode: str) -> int:
 _DRAFT_MODES = frozenset({"RGB", "L", "CMYK", "YCbCr"})
 
 
-def check_whole(im: Image.Image, rel: str) -> None:
+def check_whole(im: Image.Image) -> None:
     """Decode `im` just far enough to prove every byte of it is there and decodes.
 
     A JPEG is decoded at 1/8 scale and in grey: libjpeg still reads and entropy-decodes the
@@ -417,7 +417,7 @@ def check_whole(im: Image.Image, rel: str) -> None:
     """
     draft_for_check(im)
     try:
-        _load(im, rel)
+        _load(im)
     finally:
         im.close()
 
@@ -430,23 +430,23 @@ def draft_for_check(im: Image.Image) -> None:
         im.draft("L", (1, 1))
 
 
-def _corrupt(rel: str, exc: BaseException) -> InputError:
+def _corrupt(exc: BaseException) -> InputError:
     detail = str(exc) or exc.__class__.__name__
     return InputError(
-        f"{rel}: truncated or corrupt image ({detail}). Re-export it or remove it from the folder."
+        f"truncated or corrupt image ({detail}). Re-export it or remove it from the folder."
     )
 
 
-def _too_big(rel: str, size: tuple[int, int] | None, max_pixels: int) -> InputError:
+def _too_big(size: tuple[int, int] | None, max_pixels: int) -> InputError:
     what = f"{size[0]}x{size[1]} pixels" if size else "too many pixels"
     return InputError(
-        f"{rel}: image header claims {what}, over the limit of {max_pixels:,} pixels "
+        f"image header claims {what}, over the limit of {max_pixels:,} pixels "
         "(possibly a decompression bomb). Check the file; if it is genuine, downscale it "
         "before the batch."
     )
 
 
-def _open_checked(data: bytes, kind: str, rel: str, max_pixels: int) -> Image.Image:
+def _open_checked(data: bytes, kind: str, max_pixels: int) -> Image.Image:
     """Open `data` with the plugin for `kind`, reading only the header, and check its size."""
     from PIL import Image
 
@@ -458,7 +458,7 @@ def _open_checked(data: bytes, kind: str, rel: str, max_pixels: int) -> Image.Im
         factory, _accept = Image.OPEN[_PIL_FORMAT[kind]]
     except KeyError:
         raise InputError(
-            f"{rel}: this Pillow cannot decode {kind} images. "
+            f"this Pillow cannot decode {kind} images. "
             "Install a Pillow built with it, or convert the file."
         ) from None
     # The plugin factory is what Image.open calls; calling it directly skips Pillow's own
@@ -467,37 +467,37 @@ def _open_checked(data: bytes, kind: str, rel: str, max_pixels: int) -> Image.Im
     try:
         im = factory(io.BytesIO(data), "")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise _too_big(rel, None, max_pixels) from None
+        raise _too_big(None, max_pixels) from None
     except Exception as exc:
-        raise _corrupt(rel, exc) from None
+        raise _corrupt(exc) from None
     width, height = im.size
     if width * height > max_pixels:
         im.close()
-        raise _too_big(rel, (width, height), max_pixels)
+        raise _too_big((width, height), max_pixels)
     return im
 
 
-def _verify_png(data: bytes, rel: str) -> None:
+def _verify_png(data: bytes) -> None:
     from PIL import PngImagePlugin
 
     try:
         with PngImagePlugin.PngImageFile(io.BytesIO(data)) as im:
             im.verify()
     except Exception as exc:
-        raise _corrupt(rel, exc) from None
+        raise _corrupt(exc) from None
 
 
-def _load(im: Image.Image, rel: str) -> None:
+def _load(im: Image.Image) -> None:
     from PIL import Image
 
     try:
         im.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InputError(
-            f"{rel}: {exc} Check the file; if it is genuine, re-export it at a smaller size."
+            f"{exc} Check the file; if it is genuine, re-export it at a smaller size."
         ) from None
     except Exception as exc:
-        raise _corrupt(rel, exc) from None
+        raise _corrupt(exc) from None
 
 
 def _has_alpha(im: Image.Image) -> bool:
@@ -533,7 +533,7 @@ def _normalise_mode(im: Image.Image, out_kind: str) -> Image.Image:
 
 
 def _reencode(
-    im: Image.Image, rel: str, out_kind: str, max_side: int | None
+    im: Image.Image, out_kind: str, max_side: int | None
 ) -> tuple[bytes, int, int]:
     from PIL import Image
 
@@ -552,7 +552,7 @@ def _reencode(
             # finishes the job from under twice the target. The whole stream is still read,
             # so truncation is caught as at full size.
             im.draft(None, new_size)
-    _load(im, rel)
+    _load(im)
 
     frame = _normalise_mode(im, out_kind)
     if frame is not im:

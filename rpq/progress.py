@@ -132,15 +132,23 @@ class PlainReporter:
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
+        self._lock = threading.Lock()
 
     def start(self, tracker: Tracker) -> None:
         pass
 
     def job_done(self, record: JobRecord, skipped: bool = False) -> None:
-        print(describe(record, skipped), file=self.stream, flush=True)
+        self._line(describe(record, skipped))
 
     def message(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
+        self._line(text)
+
+    def _line(self, text: str) -> None:
+        # One write per line, under a lock: print() writes the text and its newline apart,
+        # so jobs ending at once would share a line and leave a blank one.
+        with self._lock:
+            self.stream.write(text + "\n")
+            self.stream.flush()
 
     def stop(self) -> None:
         pass

@@ -405,7 +405,7 @@ def test_unreadable_file_and_directory_are_reported(shared_dir: Path) -> None:
         ["Skipped", "private", "unreadable: permission denied"],
     ]
     assert result["prepare"] == (
-        "locked.png: cannot read it (permission denied). "
+        "cannot read it (permission denied). "
         "Check its permissions or remove it from the folder."
     )
 
@@ -522,7 +522,7 @@ def test_truncated_jpeg_is_an_input_error(tmp_path: Path) -> None:
     with pytest.raises(InputError) as info:
         prepare(image_file(path, "sub/x.jpg"))
     message = str(info.value)
-    assert message.startswith("sub/x.jpg: truncated or corrupt image (image file is truncated")
+    assert message.startswith("truncated or corrupt image (image file is truncated")
     assert message.endswith("Re-export it or remove it from the folder.")
 
 
@@ -532,7 +532,7 @@ def test_truncated_png_is_an_input_error(tmp_path: Path, cut: str) -> None:
     # "end" keeps every pixel row and loses only the trailing checksum and IEND chunk.
     kept = data[: len(data) // 2] if cut == "half" else data[:-16]
     path = write(tmp_path / "p.png", kept)
-    with pytest.raises(InputError, match=r"^p\.png: truncated or corrupt image \("):
+    with pytest.raises(InputError, match=r"^truncated or corrupt image \("):
         prepare(image_file(path))
 
 
@@ -543,21 +543,21 @@ def test_garbage_after_a_valid_magic_is_an_input_error(tmp_path: Path) -> None:
         ("g.webp", b"RIFF\x10\x00\x00\x00WEBPVP8 "),
     ):
         path = write(tmp_path / name, magic + os.urandom(200))
-        with pytest.raises(InputError, match=f"^{name}: truncated or corrupt image"):
+        with pytest.raises(InputError, match=r"^truncated or corrupt image"):
             prepare(image_file(path))
 
 
 def test_non_image_passed_to_prepare_is_an_input_error(tmp_path: Path) -> None:
     path = write(tmp_path / "t.png", "plain text")
-    with pytest.raises(InputError, match=r"t\.png: not an image \(content is text\)"):
+    with pytest.raises(InputError, match=r"^not an image \(content is text\)"):
         prepare(image_file(path))
     empty = write(tmp_path / "e.png", b"")
-    with pytest.raises(InputError, match=r"e\.png: empty file"):
+    with pytest.raises(InputError, match=r"^empty file"):
         prepare(image_file(empty))
 
 
 def test_missing_file_is_an_input_error(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match=r"^gone\.png: cannot read it \(no such file"):
+    with pytest.raises(InputError, match=r"^cannot read it \(no such file"):
         prepare(image_file(tmp_path / "gone.png"))
 
 
@@ -567,7 +567,7 @@ def test_decompression_bomb_is_caught_from_the_header(tmp_path: Path) -> None:
     with pytest.raises(InputError) as info:
         prepare(image_file(path))
     assert str(info.value).startswith(
-        "bomb.png: image header claims 30000x30000 pixels, over the limit of 100,000,000 pixels"
+        "image header claims 30000x30000 pixels, over the limit of 100,000,000 pixels"
     )
     assert "Check the file" in str(info.value)
 

@@ -131,10 +131,12 @@ def cancel(
     answers = []
     failed = 0
     with client:
+        client.health()  # an unknown endpoint, a refused key or no RunPod API: exit 3 here
         for job_id, key in targets:
             try:
                 answer: Any = caller.cancel(job_id)
             except APIError as exc:
+                _raise_if_endpoint_wide(exc, client, "cancel")
                 failed += 1
                 answer = {"error": str(exc)}
             answers.append({"id": job_id, "answer": answer})
@@ -157,15 +159,36 @@ def purge(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Remove every queued job of the endpoint (running jobs go on)."""
+    from rpq.errors import APIError
+
     client = _client(endpoint, api_key, base_url)
     with client:
+        health = client.health()  # an unknown endpoint, a refused key or no RunPod API: exit 3
         if not yes:
-            queued = client.health().get("jobs", {}).get("inQueue", "?")
+            jobs = health.get("jobs")
+            queued = jobs.get("inQueue", "?") if isinstance(jobs, dict) else "?"
             if not sys.stdin.isatty():
                 from rpq.errors import UsageError
 
                 raise UsageError("purge needs confirmation: pass --yes when not on a terminal.")
             typer.confirm(f"Remove all {queued} queued job(s) of {client.endpoint_id}?",
                           abort=True, err=True)
-        answer = client.purge()
+        try:
+            answer = client.purge()
+        except APIError as exc:
+            _raise_if_endpoint_wide(exc, client, "purge-queue")
+            raise
     print(json.dumps(answer))
+
+
+def _raise_if_endpoint_wide(exc: Any, client: Any, op: str) -> None:
+    """A refused key or an answer that is not RunPod's ends the command with exit 3; other
+    errors belong to one job."""
+    from rpq.errors import AuthError, EndpointError
+
+    if isinstance(exc, EndpointError):
+        raise exc
+    if exc.status in (401, 403):
+        raise AuthError(f"the endpoint refused the API key for /{op} (HTTP {exc.status} at "
+                        f"{client.url}). Check --api-key / RUNPOD_API_KEY: a read-only key "
+                        "cannot cancel or purge.") from None
