@@ -123,6 +123,7 @@ class RunPodClient:
             self._session.verify = ca_bundle
         self._session.trust_env = False
         self._session.headers["User-Agent"] = f"rpq/{__version__}"
+        self.has_key = bool(api_key)
         if api_key:
             self._session.headers["Authorization"] = f"Bearer {api_key}"
         self._lock = threading.Lock()
@@ -191,10 +192,7 @@ class RunPodClient:
             raise
         except APIError as exc:
             if exc.status == 401:
-                raise AuthError(
-                    f"the endpoint refused the API key (401 at {self.url}/health). "
-                    "Check --api-key / RUNPOD_API_KEY."
-                ) from None
+                raise self.refused("/health", 401) from None
             if exc.status == 404:
                 raise EndpointNotFound(
                     f"endpoint '{self.endpoint_id}' not found at {self.base_url} (404). "
@@ -202,6 +200,20 @@ class RunPodClient:
                 ) from None
             raise
         return self._object(reply, "/health")
+
+    def refused(self, path: str, status: int) -> AuthError:
+        """401/403: the key was refused, or there was none to send."""
+        if not self.has_key:
+            return AuthError(
+                f"no API key is set, and the endpoint requires one (HTTP {status} at "
+                f"{self.url}{path}). rpq looks for it in --api-key, then the RUNPOD_API_KEY "
+                "environment variable, then api_key under [default] in ~/.runpod/config.toml."
+            )
+        return AuthError(
+            f"the endpoint refused the API key (HTTP {status} at {self.url}{path}). "
+            "Check --api-key / RUNPOD_API_KEY / ~/.runpod/config.toml; a read-only key cannot "
+            "run, cancel or purge jobs."
+        )
 
     def _object(self, reply: Reply, path: str) -> dict[str, Any]:
         """A 2xx answer that must be a JSON object, as every RunPod route answers."""

@@ -214,3 +214,21 @@ def test_retry_after_given_as_an_http_date_is_honoured(site) -> None:
     assert [m for m, _ in web.seen] == ["POST", "POST"]
     # The date said 30 s from when it was sent (whole seconds), not the 0.5-1 s backoff.
     assert len(slept) == 1 and 25.0 <= slept[0] <= 30.0, slept
+
+
+# --- no API key at all ------------------------------------------------------------------------
+
+
+def test_no_key_at_all_says_none_is_set_and_where_rpq_looks(make_endpoint, tmp_path: Path
+                                                            ) -> None:
+    ep = make_endpoint(handler="echo", api_key="k-needed-3")
+    src = tmp_path / "in"
+    make_images(src, 1)
+    for args in (["health"], ["cancel", "job-1"], ["purge", "--yes"],
+                 batch_args(src, tmp_path / "out")):
+        run = rpq(*args, env=endpoint_env(ep))
+        assert run.code == 3, (args, run.stderr)
+        assert "no API key is set" in run.stderr and "refused" not in run.stderr, run.stderr
+        assert "RUNPOD_API_KEY" in run.stderr and "~/.runpod/config.toml" in run.stderr
+    run = rpq("health", env=endpoint_env(ep, key="k-wrong-4"))
+    assert run.code == 3 and "refused the API key" in run.stderr

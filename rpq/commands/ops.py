@@ -184,11 +184,9 @@ def purge(
 def _raise_if_endpoint_wide(exc: Any, client: Any, op: str) -> None:
     """A refused key or an answer that is not RunPod's ends the command with exit 3; other
     errors belong to one job."""
-    from rpq.errors import AuthError, EndpointError
+    from rpq.errors import EndpointError
 
     if isinstance(exc, EndpointError):
         raise exc
     if exc.status in (401, 403):
-        raise AuthError(f"the endpoint refused the API key for /{op} (HTTP {exc.status} at "
-                        f"{client.url}). Check --api-key / RUNPOD_API_KEY: a read-only key "
-                        "cannot cancel or purge.") from None
+        raise client.refused(f"/{op}", exc.status) from None
