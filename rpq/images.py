@@ -39,10 +39,29 @@ class ImageFile:
 
 @dataclass(frozen=True)
 class Skipped:
-    """An entry under the batch root that will not be sent, and why."""
+    """An entry under the batch root that will not be sent, and why.
+
+    `not_image`: neither its content nor its name is an image's (a README.txt, a PDF): it is
+    listed and counted apart, never a failure. A file named like an image whose content is
+    not one (text named .png, an empty .jpg) and an entry that cannot be read stay failures.
+    """
 
     rel: str
     reason: str
+    not_image: bool = False
+
+
+#: Names that say "image", whether or not rpq can read that format: such a file whose
+#: content is no image rpq knows is a failure, not a stray file.
+IMAGE_SUFFIXES = frozenset({
+    ".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff",
+    ".heic", ".heif", ".avif", ".jxl", ".jp2", ".j2k", ".ico", ".psd", ".svg", ".dng", ".cr2",
+    ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf",
+})
+
+
+def named_like_an_image(rel: str) -> bool:
+    return os.path.splitext(rel)[1].lower() in IMAGE_SUFFIXES
 
 
 def sniff(head: bytes) -> str | None:
@@ -214,7 +233,7 @@ def _walk(
             yield Skipped(rel, "not a regular file")
             continue
         if st.st_size == 0:
-            yield Skipped(rel, "empty file")
+            yield Skipped(rel, "empty file", not_image=not named_like_an_image(rel))
             continue
         yield _sniff_file(path, rel)
 
@@ -234,9 +253,9 @@ def _sniff_file(path: str, rel: str) -> ImageFile | Skipped:
     finally:
         os.close(fd)
     if not head:
-        return Skipped(rel, "empty file")
+        return Skipped(rel, "empty file", not_image=not named_like_an_image(rel))
     if sniff(head) is None:
-        return Skipped(rel, _describe_non_image(head))
+        return Skipped(rel, _describe_non_image(head), not_image=not named_like_an_image(rel))
     return ImageFile(Path(path), rel)
 
 

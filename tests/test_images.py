@@ -737,3 +737,23 @@ def test_animated_gif_keeps_first_frame_on_re_encode(tmp_path: Path) -> None:
     assert prepare(image_file(path)).data == buf.getvalue()
     first = decoded(prepare(image_file(path), fmt="png").data).convert("RGB")
     assert pixel(first, 0, 0) == (255, 0, 0)
+
+
+def test_files_that_are_no_image_by_name_or_content_are_told_apart(folder: Path) -> None:
+    write(folder / "a.png", png())
+    write(folder / "README.txt", "how these photos were taken")
+    write(folder / "specs.pdf", b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
+    write(folder / "empty.log", b"")
+    write(folder / "Makefile", "all:\n\ttrue\n")
+    # Named like images: the user meant them as images, so they stay failures.
+    write(folder / "fake.png", "plain text")
+    write(folder / "empty.JPG", b"")
+    write(folder / "photo.heic", b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic")
+    found = {i.rel: i for i in discover(folder)}
+    assert isinstance(found["a.png"], ImageFile)
+    strays = {rel for rel, i in found.items() if isinstance(i, Skipped) and i.not_image}
+    assert strays == {"README.txt", "specs.pdf", "empty.log", "Makefile"}
+    failures = {rel for rel, i in found.items() if isinstance(i, Skipped) and not i.not_image}
+    assert failures == {"fake.png", "empty.JPG", "photo.heic"}
+    assert found["README.txt"] == Skipped("README.txt", "not an image (content is text)", True)
+    assert found["specs.pdf"].reason == "not an image (content is PDF)"  # type: ignore[union-attr]
