@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 from rpq.errors import UsageError
 
 Clock = Callable[[], float]
+#: Seconds per unit in --rate: "5/60s", "5/min", "300/h".
+_UNITS = {"": 1.0, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 Sleep = Callable[[float], None]
 
 #: RunPod's documented per-endpoint limits (requests per 10 s), with some headroom kept
@@ -32,17 +35,22 @@ class Rate:
 
     @classmethod
     def parse(cls, text: str) -> Rate:
-        """Parse "N/SECONDS" (e.g. "5/60") or "N" (per second)."""
+        """Parse "N/SECONDS" ("5/60", "5/60s"), "N/UNIT" ("5/min", "300/h", "5/2m") or "N"
+        (per second)."""
+        count_text, slash, per_text = text.strip().partition("/")
+        unit = re.fullmatch(r"\s*(\d+(?:\.\d+)?)?\s*([A-Za-z]*)\s*", per_text)
         try:
-            if "/" in text:
-                count, per = text.split("/", 1)
-                rate = cls(int(count), float(per.rstrip("s")))
-            else:
-                rate = cls(int(text), 1.0)
+            count = int(count_text)
+            if unit is None or unit.group(2).lower() not in _UNITS or (
+                    slash and not (unit.group(1) or unit.group(2))):
+                raise ValueError(text)
         except ValueError:
             raise UsageError(
-                f"--rate {text!r} is not a rate. Write N/SECONDS, e.g. 5/60 for 5 jobs a minute."
+                f"--rate {text!r} is not a rate. Write N/SECONDS, e.g. 5/60 or 5/60s for 5 jobs "
+                "a minute, or N/UNIT with s, min or h, e.g. 5/min or 300/h."
             ) from None
+        number = float(unit.group(1)) if unit.group(1) else 1.0
+        rate = cls(count, number * _UNITS[unit.group(2).lower()])
         if rate.count < 1 or rate.per <= 0:
             raise UsageError(
                 f"--rate {text!r} must allow at least 1 job in a positive time, e.g. 5/60."

@@ -85,13 +85,30 @@ def parse_sla(spec: str) -> tuple[SlaTarget, ...]:
             pct, limit = float(pct_text.rstrip("%")), float(limit_text.rstrip("s"))
         except ValueError:
             pct = limit = math.nan
-        if not colon or not 0 < pct <= 100 or not 0 < limit < math.inf:
+        problem = _sla_problem(part.strip(), colon, pct, limit)
+        if problem:
             raise UsageError(
-                f"bad --sla {spec!r}: give PERCENT:SECONDS pairs separated by commas, "
-                "for example --sla 95:60,99:120 (95% of jobs within 60 s, 99% within 120 s)"
+                f"bad --sla {spec!r}: {problem}. Give PERCENT:SECONDS pairs separated by "
+                "commas, for example --sla 95:60,99:120 (95% of jobs within 60 s, 99% within "
+                "120 s)"
             )
         targets.append(SlaTarget(pct, limit))
     return tuple(targets)
+
+
+def _sla_problem(part: str, colon: str, pct: float, limit: float) -> str | None:
+    """What is wrong with one PERCENT:SECONDS pair, in words; None when nothing is."""
+    if not colon or math.isnan(pct) or math.isnan(limit):
+        return f"{part!r} is not PERCENT:SECONDS"
+    if not 0 < pct <= 100:
+        swapped = 0 < limit <= 100 and pct > 100
+        hint = f" (if {pct:g} is the seconds, the percent comes first: {limit:g}:{pct:g})" \
+            if swapped else ""
+        return f"{pct:g}% is not a share of jobs: the percent must be over 0 and at most " \
+               f"100{hint}"
+    if not 0 < limit < math.inf:
+        return f"{limit:g} s is not a time limit: the seconds must be over 0"
+    return None
 
 
 def cold_start_flags(jobs: Sequence[JobRecord]) -> list[bool]:
