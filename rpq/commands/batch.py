@@ -71,6 +71,7 @@ class View:
 def run_batch(settings: BatchSettings, view: View | None = None) -> int:
     """Run the batch with the right reporter and Ctrl-C handling; returns the exit code."""
     from rpq.errors import ExitCode
+    from rpq.lock import OutputLock
     from rpq.pipeline import Batch
     from rpq.progress import LiveReporter, PlainReporter, Reporter
 
@@ -91,7 +92,10 @@ def run_batch(settings: BatchSettings, view: View | None = None) -> int:
     if in_main:
         signal.signal(signal.SIGINT, on_sigint)
     try:
-        result = runner.run()
+        with OutputLock(settings.out) as lock:  # one batch per output folder at a time
+            if lock.warning:
+                print(lock.warning, file=sys.stderr)
+            result = runner.run()
     finally:
         if in_main:
             signal.signal(signal.SIGINT, previous)

@@ -1,0 +1,85 @@
+"""One rpq batch at a time per output folder: a second one says who holds it and exits 2; a
+lock left by a killed run is taken over."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from batchkit import batch_args, endpoint_env, in_flight, rpq_process, stop
+from helpers import Gate, wait_for
+from imaging import make_images
+
+from rpq.lock import LOCK_NAME
+
+
+def held_echo(gate: Gate) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Hold each job at the gate, then send its image back."""
+
+    def handler(job: dict[str, Any]) -> dict[str, Any]:
+        gate(job)
+        return {"image": job["input"]["image"]}
+
+    return handler
+
+
+def test_a_second_batch_on_the_same_output_folder_exits_2_naming_the_first(
+        tmp_path: Path, make_endpoint) -> None:
+    gate = Gate(timeout=60)
+    ep = make_endpoint(handler=held_echo(gate), workers_max=2)
+    src, out = tmp_path / "in", tmp_path / "out"
+    make_images(src, 5)
+    first = rpq_process(*batch_args(src, out), env=endpoint_env(ep))
+    second = None
+    try:
+        wait_for(lambda: in_flight(out) >= 2, timeout=30, message="the first batch's jobs")
+        second = rpq_process(*batch_args(src, out), env=endpoint_env(ep))
+        _, stderr = second.communicate(timeout=60)
+        assert second.returncode == 2, stderr
+        assert stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
+        assert f"{out} is in use by another rpq batch" in stderr
+        assert f"pid {first.pid} on host {socket.gethostname()}" in stderr
+        gate.open_all()
+        _, stderr = first.communicate(timeout=60)
+    finally:
+        gate.open_all()
+        stop(first)
+        if second is not None:
+            stop(second)
+    assert first.returncode == 0, stderr
+    assert ep.calls().get("run") == 5  # each image sent once, not once per process
+    assert sorted(p.name for p in out.glob("*.png")) == [f"img_{i:03d}.png" for i in range(5)]
+
+
+def test_the_lock_of_a_killed_batch_is_taken_over(tmp_path: Path, make_endpoint) -> None:
+    gate = Gate(timeout=60)
+    ep = make_endpoint(handler=held_echo(gate), workers_max=1)
+    src, out = tmp_path / "in", tmp_path / "out"
+    make_images(src, 3)
+    killed = rpq_process(*batch_args(src, out), env=endpoint_env(ep))
+    try:
+        wait_for(lambda: in_flight(out) == 3, timeout=30, message="the batch's jobs")
+        holder = json.loads((out / LOCK_NAME).read_text())
+        assert holder["pid"] == killed.pid
+        killed.send_signal(signal.SIGKILL)
+        killed.communicate(timeout=30)
+    finally:
+        stop(killed)
+    gate.open_all()
+    rerun = rpq_process(*batch_args(src, out), env=endpoint_env(ep))
+    try:
+        _, stderr = rerun.communicate(timeout=60)
+    finally:
+        stop(rerun)
+    assert rerun.returncode == 0, stderr
+    assert "in use" not in stderr
+    assert ep.calls().get("run") == 3  # the rerun followed the killed run's jobs
+    assert len(list(out.glob("img_*.png"))) == 3
+    # Released at the end, the file stays (never deleted: see OutputLock) and names nobody.
+    assert (out / LOCK_NAME).read_text() == ""
+    assert os.access(out / LOCK_NAME, os.R_OK)
