@@ -10,6 +10,7 @@ The key is kept out of every repr; `http://` is accepted for loopback hosts only
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +118,58 @@ def _poll_mode(text: str) -> str:
     return text
 
 
+def _rate(text: str) -> str:
+    from rpq.limiter import Rate
+
+    Rate.parse(text)  # a UsageError naming --rate and the forms it takes
+    return text
+
+
+def _halt_rule(text: str) -> str:
+    from rpq.guards import HaltRule
+
+    HaltRule.parse(text)  # a UsageError naming --halt-on-fail
+    return text
+
+
+def _webhook(text: str) -> str:
+    # The URL carries the webhook's token: the message describes it, never quotes it.
+    parts = urlsplit(text.strip())
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValueError("not an http(s) URL (it does not start with https:// or http://). "
+                         "Pass the webhook's whole URL, e.g. https://hooks.slack.com/services/...")
+    if not parts.hostname:
+        raise ValueError("not an http(s) URL (it names no host). Pass the webhook's whole URL, "
+                         "e.g. https://hooks.slack.com/services/...")
+    return text.strip()
+
+
+_ENDPOINT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+_FALLBACK_FORMS = "an endpoint id (e.g. abc123xyz) or a whole endpoint URL " \
+    "(e.g. https://api.runpod.ai/v2/abc123xyz)"
+
+
+def _fallback(text: str) -> str:
+    text = text.strip()
+    if "://" not in text:
+        if not _ENDPOINT_ID.fullmatch(text):
+            raise ValueError(f"{text!r} is neither {_FALLBACK_FORMS}")
+        return text
+    scheme = text.split("://", 1)[0]
+    if scheme.lower() not in ("http", "https"):
+        raise ValueError(f"{text!r} is a {scheme}:// URL: give {_FALLBACK_FORMS}")
+    base, _, endpoint_id = text.rstrip("/").rpartition("/")
+    if "://" not in base or not urlsplit(base).path.strip("/") or \
+            not _ENDPOINT_ID.fullmatch(endpoint_id):
+        raise ValueError(f"{text!r} does not end with the base URL's path and an endpoint id: "
+                         f"give {_FALLBACK_FORMS}")
+    try:
+        check_base_url(base)  # http:// only for loopback: the key goes there too
+    except UsageError as exc:
+        raise ValueError(str(exc)) from None
+    return text
+
+
 @dataclass(frozen=True, kw_only=True)
 class BatchSettings:
     """Everything the engine needs for `rpq batch`, after validation; nothing mutates it.
@@ -159,7 +212,8 @@ class BatchSettings:
     concurrency: int = option("--concurrency", "-c", default=8, min=1, max=400, metavar="N",
                               group=FLOW, help="Jobs in flight at once.")
     rate: str | None = option("--rate", default=None, metavar="N/SECONDS", group=FLOW,
-                              help="Cap submissions, e.g. 5/60.")
+                              parse=_rate,
+                              help="Cap submissions, e.g. 5/60, 5/60s, 5/min or 300/h.")
     max_retries: int = option("--max-retries", default=3, min=0, metavar="N", group=FLOW,
                               help="Retries of one request on 429, 5xx or connection errors.")
     max_queue_time: float = option(
@@ -174,7 +228,7 @@ class BatchSettings:
         "--poll", default="auto", metavar="auto|sync|status", group=FLOW, parse=_poll_mode,
         help="sync: status-sync long polls; status: adaptive /status polls.")
     fallback_endpoint: str | None = option(
-        "--fallback-endpoint", default=None, metavar="ID|URL", group=ENDPOINT,
+        "--fallback-endpoint", default=None, metavar="ID|URL", group=ENDPOINT, parse=_fallback,
         help="Endpoint id (same base URL and key) or full endpoint URL to move queued jobs to "
         "when the endpoint is unhealthy or stalls.")
     output_key: str | None = option(
@@ -192,6 +246,7 @@ class BatchSettings:
     download_max_mb: int = 100
     alert_webhook: str | None = option(
         "--alert-webhook", default=None, metavar="URL", group=ALERTS, secret=True,
+        parse=_webhook,
         help="POST alerts and the final summary here (Slack/Discord compatible JSON).")
     alert_queue_time: float = option(
         "--alert-queue-time", default=60.0, min=0, metavar="SECONDS", group=ALERTS,
@@ -210,13 +265,16 @@ class BatchSettings:
         help="Stop submitting when the estimated spend reaches this many USD (needs "
         "--cost-per-hour).")
     halt_on_fail: str | None = option(
-        "--halt-on-fail", default=None, metavar="N|PERCENT%", group=ALERTS,
+        "--halt-on-fail", default=None, metavar="N|PERCENT%", group=ALERTS, parse=_halt_rule,
         help="Stop submitting when this many (e.g. 5) or this share (e.g. 20%) of finished "
         "jobs failed.")
 
     def __post_init__(self) -> None:
         if self.budget is not None and self.cost_per_hour is None:
             raise UsageError("--budget needs --cost-per-hour to estimate the spend.")
+        if self.fallback_endpoint is not None and \
+                self.fallback_endpoint == self.endpoint.endpoint_id:
+            raise UsageError("--fallback-endpoint is the same as the endpoint: name another one.")
 
     @property
     def metrics_path(self) -> Path:

@@ -43,6 +43,7 @@ def batch(
     settings = settings_from(
         BatchSettings, values, root=folder, endpoint=ep,
         out=values.get("out") or folder.with_name(folder.resolve().name + "_out"))
+    _check_files(settings)
     view = View(json_summary=json_out, dry_run=dry_run, live=not no_progress)
     if not ep.local:
         raise typer.Exit(run_batch(settings, view))
@@ -57,6 +58,17 @@ def batch(
         code = run_batch(replace(settings, endpoint=local_ep), view)
     if code != ExitCode.OK:
         raise typer.Exit(code)
+
+
+def _check_files(settings: BatchSettings) -> None:
+    """The files options name, checked before any endpoint starts or is asked anything."""
+    from rpq.errors import UsageError
+    from rpq.pipeline import build_template
+
+    if settings.out.exists() and not settings.out.is_dir():
+        raise UsageError(f"--out {settings.out} is a file, not a folder. Pass the folder "
+                         "results go to (it is created if missing).")
+    build_template(settings)  # --input-template / --workflow: readable, valid JSON, the right shape
 
 
 @dataclass(frozen=True)
