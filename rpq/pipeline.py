@@ -27,6 +27,7 @@ from rpq.health import diagnose
 from rpq.images import ImageFile, Skipped, content_digest, discover, prepare
 from rpq.journal import JOURNAL_NAME, Entry, Journal, job_key
 from rpq.limiter import Limiters, Rate
+from rpq.listing import FileList, listed
 from rpq.metrics import JobRecord, RunStats, load_metrics, write_metrics
 from rpq.poll import STARTED, Poller, PollResult, StallDetector, Timing
 from rpq.progress import Reporter, Tracker
@@ -126,6 +127,7 @@ class Batch:
             ep.base_url, ep.endpoint_id, ep.api_key, pool_size=settings.concurrency + 8
         )
         self.template = build_template(settings)
+        self._files = FileList(settings.files_from) if settings.files_from else None
         if self.template.warning:
             reporter.message(f"warning: {self.template.warning}")
         self.policy = policy_of(settings)
@@ -301,10 +303,17 @@ class Batch:
 
     def _discover(self) -> Iterator[ImageFile | Skipped]:
         """The input folder's images; never what is in the output folder, if it lies inside."""
-        inner = self._out_rel
-        for item in discover(self.s.root, self.s.include, self.s.exclude, self.s.recursive):
+        inner, shard = self._out_rel, self.s.shard
+        for item in self._source():
+            if shard is not None and not shard.holds(item.rel):
+                continue
             if inner is None or (item.rel != inner and not item.rel.startswith(inner + "/")):
                 yield item
+
+    def _source(self) -> Iterator[ImageFile | Skipped]:
+        if self._files is not None:
+            return listed(self._files, self.s.root)
+        return discover(self.s.root, self.s.include, self.s.exclude, self.s.recursive)
 
     def _dispatch(self) -> None:
         slots = threading.BoundedSemaphore(self.s.concurrency * 2)

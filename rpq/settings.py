@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from rpq.errors import UsageError
 from rpq.hosts import is_loopback
 from rpq.options import option, public_values
+from rpq.shard import Shard
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -189,6 +190,14 @@ class BatchSettings:
         help="Skip files matching this glob (repeatable).")
     recursive: bool = option("--recursive/--no-recursive", default=True, group=INPUT,
                              help="Descend into subfolders.")
+    files_from: Path | None = option(
+        "--files-from", default=None, metavar="FILE|-", group=INPUT,
+        help="Send the images this file lists (one path per line, - reads stdin) instead of "
+        "walking FOLDER; relative paths are taken from FOLDER, else the current folder.")
+    shard: Shard | None = option(
+        "--shard", default=None, metavar="I/N", group=INPUT, parse=Shard.parse, cli_type=str,
+        help="Take only shard I of N (by a hash of each image's path), so N machines split one "
+        "input with no coordinator, e.g. --shard 2/8.")
     template: Path | None = option(
         "--input-template", default=None, metavar="FILE.json", group=REQUEST,
         help="JSON request template with {{image_base64}} etc.")

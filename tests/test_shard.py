@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
+from batchkit import batch_args, endpoint_env, rpq
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from imaging import make_images
 
 from rpq.errors import UsageError
 from rpq.shard import Shard, shard_of
@@ -45,3 +50,40 @@ def test_bad_spec_is_a_usage_error_with_an_example(spec: str) -> None:
 def test_parse_round_trips() -> None:
     assert Shard.parse(" 2/8 ") == Shard(2, 8)
     assert str(Shard.parse("2/8")) == "2/8"
+
+
+# --- end to end: three machines split one folder ---------------------------------------------
+
+
+def test_three_shards_send_every_image_exactly_once(tmp_path: Path, make_endpoint) -> None:
+    ep = make_endpoint(handler="echo", workers_max=2)
+    src = tmp_path / "in"
+    make_images(src, 18)
+    make_images(src, 6, start=100, sub="nested")
+    everything = sorted(p.relative_to(src).as_posix() for p in src.rglob("*.png"))
+    seen: list[str] = []
+    for i in (1, 2, 3):
+        out = tmp_path / f"out{i}"
+        run = rpq(*batch_args(src, out, "--shard", f"{i}/3"), env=endpoint_env(ep))
+        assert run.code == 0, run.stderr
+        data = run.metrics(out)
+        assert data["run"]["settings"]["shard"] == f"{i}/3"
+        mine = [job["input"] for job in data["jobs"]]
+        assert mine and all(shard_of(rel, 3) == i for rel in mine)
+        seen += mine
+    assert sorted(seen) == everything  # each image in exactly one shard
+    assert ep.calls()["run"] == len(everything)  # and sent exactly once in all
+    # A rerun of one shard sends nothing: its journal has all of its own images.
+    assert rpq(*batch_args(src, tmp_path / "out2", "--shard", "2/3"),
+               env=endpoint_env(ep)).code == 0
+    assert ep.calls()["run"] == len(everything)
+    merged = rpq("report", *(tmp_path / f"out{i}" for i in (1, 2, 3)), "--json")
+    assert json.loads(merged.stdout)["summary"]["total_jobs"] == len(everything)
+
+
+def test_bad_shard_option_exits_2(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    make_images(src, 1)
+    run = rpq(*batch_args(src, tmp_path / "out", "--shard", "4/3"))
+    assert run.code == 2
+    assert "--shard 4/3" in run.stderr

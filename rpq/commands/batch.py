@@ -17,8 +17,9 @@ from rpq.settings import ENDPOINT, OUTPUT, BatchSettings
 
 @with_options(BatchSettings)
 def batch(
-    folder: Annotated[Path, typer.Argument(help="Folder of images (searched recursively).",
-                                           metavar="FOLDER", show_default=False)],
+    folder: Annotated[Path | None, typer.Argument(
+        help="Folder of images (searched recursively); optional with --files-from.",
+        metavar="FOLDER", show_default=False)] = None,
     endpoint: EndpointOpt = None,
     api_key: ApiKeyOpt = None,
     base_url: BaseUrlOpt = None,
@@ -37,6 +38,12 @@ def batch(
     from rpq.errors import ExitCode, UsageError
     from rpq.settings import EndpointSettings, resolve_endpoint
 
+    if folder is None:
+        if values.get("files_from") is None:
+            raise UsageError("pass the FOLDER of images, or --files-from FILE to list them.")
+        if values.get("out") is None:
+            raise UsageError("--files-from without a FOLDER needs --out DIR for the results.")
+        folder = Path.cwd()
     if not folder.is_dir():
         raise UsageError(f"{folder} is not a folder. Pass the folder that holds your images.")
     ep = resolve_endpoint(endpoint, api_key, base_url)
