@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
 import sys
 import threading
 import time
@@ -14,8 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from rpq.errors import UsageError
+from rpq.journal_index import JournalIndex, Mark
 
 JOURNAL_NAME = ".rpq-journal.jsonl"
+#: Entries held in memory before they go to the index. A journal with fewer keys never
+#: makes one: it is read whole, as fast as an index would be.
+SAVE_EVERY = 256
 
 
 def job_key(digest: str, settings_fingerprint: str) -> str:
@@ -90,47 +95,153 @@ class Journal:
     Each line is written with a single os.write on an O_APPEND descriptor, so a SIGKILL leaves
     whole lines plus at most one torn last line, which the reader skips. `sync()` adds fsync
     for power loss; it is called at the end of a run.
+
+    The file is the record; what it says about each image (its folded Entry) is kept in an
+    index next to it (journal_index), so memory holds only the keys touched since the index
+    was last saved (at most SAVE_EVERY), and a resume reads only the lines written after that
+    save. Every line of the file, whoever wrote it, is folded in file order. Where SQLite
+    cannot keep an index (a read-only folder), every entry is held in memory instead.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, load: bool = True) -> None:
+        """`load=False` starts empty whatever the file holds (--fresh moves it aside later)."""
         self.path = path
         self._lock = threading.Lock()
         self._fd: int | None = None
-        self.entries: dict[str, Entry] = {}
-        self.torn_lines = 0
-        if path.exists():
+        self._recent: dict[str, Entry] = {}  # keys touched since the index was saved
+        self._index = JournalIndex.open(index_path(path)) if index_path(path).exists() \
+            else None
+        self._no_index = False  # SQLite could not make one here: keep everything in memory
+        self._applied = 0  # bytes of the file folded in: whole lines only
+        self._torn = 0  # whole lines that could not be read
+        self._loose_tail = False  # an unreadable last line with no newline yet
+        self._reset = False  # the index describes another file: replace it at the next save
+        self._owners: dict[str, str] | None = None
+        self.entries = EntryView(self)
+        if not load:
+            self._reset = True
+        elif path.exists():
             self._load()
+        elif self._index is not None and self._index.mark().offset:
+            self._reset = True  # the file it indexed was moved aside or deleted
+
+    @property
+    def torn_lines(self) -> int:
+        return self._torn + self._loose_tail
 
     # -- reading ----------------------------------------------------------------------------
 
     def _load(self) -> None:
-        for event in self._events():
-            self._apply(event)
+        if self._index is not None:
+            mark = self._index.mark()
+            if mark.offset and self._same_file(mark):
+                self._applied, self._torn = mark.offset, mark.torn
+            elif mark.offset:
+                self._reset = True
+        with self._lock:
+            self._fold(self._applied, None)
+            self._save()
 
-    def _events(self) -> Iterator[dict[str, Any]]:
+    def _same_file(self, mark: Mark) -> bool:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return False
+        return (st.st_ino == mark.inode and mark.offset <= st.st_size
+                and self._digest_at(mark.offset) == mark.digest)
+
+    def _digest_at(self, offset: int) -> str:
+        """A fingerprint of the bytes just before `offset`: tells an edited file from ours."""
+        start = max(0, offset - 256)
         try:
             with self.path.open("rb") as fh:
+                fh.seek(start)
+                return hashlib.sha256(fh.read(offset - start)).hexdigest()[:32]
+        except OSError:
+            return ""
+
+    def _fold(self, start: int, stop: int | None) -> None:
+        """Fold the lines from byte `start` (to `stop`, else the end) into the entries."""
+        try:
+            with self.path.open("rb") as fh:
+                fh.seek(start)
+                pos = start
                 for raw in fh:
-                    try:
-                        event = json.loads(raw)
-                    except (ValueError, RecursionError):
-                        self.torn_lines += 1
-                        continue
-                    if isinstance(event, dict) and _well_formed(event):
-                        yield event
-                    else:
-                        self.torn_lines += 1
+                    if stop is not None and pos >= stop:
+                        break
+                    event = _parse(raw)
+                    if not raw.endswith(b"\n") and event is None:
+                        self._loose_tail = True  # torn by a crash; a rerun ends it, then counts it
+                        return
+                    pos += len(raw)
+                    if event is not None:
+                        self._apply(event)
+                    elif raw.strip():
+                        self._torn += 1
+                    self._applied = pos
+                    self._save_when_full()
         except OSError as exc:
             raise UsageError(
                 f"cannot read the journal {self.path}: {exc.strerror}. "
                 "Fix its permissions, or pass --fresh to start over."
             ) from None
 
-    def _apply(self, event: dict[str, Any]) -> None:
-        key = event["key"]
-        entry = self.entries.get(key)
+    def _skip_to_index(self) -> None:
+        """Another process saved the index past our place in the file: its rows already hold
+        the lines in between, so take them for the keys those lines touch, and go on from
+        there (folding them again would count a cancel twice)."""
+        mark = self._index.mark() if self._index is not None and not self._reset else None
+        if mark is None or mark.offset <= self._applied:
+            return
+        with self.path.open("rb") as fh:
+            fh.seek(self._applied)
+            between = fh.read(mark.offset - self._applied)
+        for raw in between.splitlines():
+            event = _parse(raw)
+            if event is not None:
+                self._recent.pop(event["key"], None)
+        self._applied, self._torn = mark.offset, mark.torn
+
+    def _touch(self, key: str) -> Entry:
+        entry = self._recent.get(key)
         if entry is None:
-            entry = self.entries[key] = Entry(key)
+            entry = self._indexed(key) or Entry(key)
+            self._recent[key] = entry
+        return entry
+
+    def _indexed(self, key: str) -> Entry | None:
+        if self._index is None or self._reset:
+            return None
+        return self._index.get(key)
+
+    def _save_when_full(self) -> None:
+        if len(self._recent) < SAVE_EVERY or self._no_index:
+            return
+        if self._index is None:
+            self._index = JournalIndex.open(index_path(self.path))
+            self._no_index = self._index is None
+        self._save()
+
+    def _save(self) -> None:
+        """Move the recent entries into the index, with how far into the file they go."""
+        if self._index is None or not (self._recent or self._reset):
+            return
+        try:
+            inode = os.fstat(self._fd).st_ino if self._fd is not None else \
+                os.stat(self.path).st_ino
+        except OSError:
+            inode = 0
+        mark = Mark(self._applied, inode, self._digest_at(self._applied), self._torn)
+        try:
+            saved = self._index.save(self._recent.values(), mark, reset=self._reset)
+        except sqlite3.Error:
+            saved = False  # busy or full: they stay in memory and go with the next save
+        if saved:
+            self._recent.clear()
+            self._reset = False
+
+    def _apply(self, event: dict[str, Any]) -> None:
+        entry = self._touch(event["key"])
         kind = event.get("event")
         if isinstance(event.get("rel"), str):
             entry.rel = event["rel"]
@@ -178,7 +289,16 @@ class Journal:
                 if size and os.pread(self._fd, 1, size - 1) != b"\n":
                     os.write(self._fd, b"\n")  # end a line torn by a crash, keep ours whole
             os.write(self._fd, line)
+            end = os.lseek(self._fd, 0, os.SEEK_CUR)
+            if end - len(line) > self._applied:
+                # Lines written since our last one (rpq cancel, or the newline that ended a
+                # torn line): fold them first, in file order.
+                self._skip_to_index()
+                self._fold(self._applied, end - len(line))
+                self._loose_tail = False
             self._apply(event)
+            self._applied = end
+            self._save_when_full()
 
     def intent(self, key: str, rel: str, attempt: int) -> None:
         """Before a /run is sent: a crash after this line and before `submitted` is an orphan."""
@@ -200,9 +320,12 @@ class Journal:
         self._write({"event": "end", "key": key, "rel": record.get("input", ""), "record": record})
 
     def close(self) -> None:
+        """Flush the file and save the index; the journal can still be read afterwards."""
         with self._lock:
             if self._fd is not None:
                 os.fsync(self._fd)
+            self._save()
+            if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
 
@@ -215,12 +338,104 @@ class Journal:
     # -- questions --------------------------------------------------------------------------
 
     def get(self, key: str) -> Entry | None:
-        return self.entries.get(key)
+        with self._lock:
+            return self._recent.get(key) or self._indexed(key)
 
     def in_flight(self) -> list[Entry]:
         """Jobs the endpoint accepted and whose end this journal never saw."""
-        return [e for e in self.entries.values() if e.in_flight]
+        return [e for e in self._in_state("submitted") if e.in_flight]
 
     def orphans(self) -> list[Entry]:
         """Intents with no job id: the process died between sending /run and its answer."""
-        return [e for e in self.entries.values() if e.state == "intent"]
+        return self._in_state("intent")
+
+    def _in_state(self, state: str) -> list[Entry]:
+        with self._lock:
+            found = [e for e in self._recent.values() if e.state == state]
+            if self._index is not None and not self._reset:
+                found += [e for e in self._index.live(state) if e.key not in self._recent]
+        return found
+
+    def output_owner(self, name: str) -> str | None:
+        """The input whose finished job wrote output `name` in an earlier run, if any."""
+        with self._lock:
+            if self._index is not None and not self._reset:
+                owner = self._index.output_owner(name)
+                if owner is not None:
+                    return owner
+            if self._owners is None:  # held in memory: look once, as the run starts
+                self._owners = {}
+                for e in self._recent.values():
+                    record = e.record if e.state == "done" else None
+                    for output in (record or {}).get("outputs") or []:
+                        self._owners.setdefault(output, e.rel)
+            return self._owners.get(name)
+
+    def _page(self, after: str, size: int) -> list[Entry]:
+        with self._lock:
+            if self._index is None or self._reset:
+                return []
+            return self._index.page(after, size)
+
+    def _count(self) -> int:
+        with self._lock:
+            if self._index is None or self._reset:
+                return len(self._recent)
+            extra = sum(1 for key in self._recent if not self._index.has(key))
+            return self._index.count() + extra
+
+
+class EntryView:
+    """`journal.entries`: every entry, read from the index a page at a time, never all held."""
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+
+    def __len__(self) -> int:
+        return self._journal._count()
+
+    def __getitem__(self, key: str) -> Entry:
+        entry = self._journal.get(key)
+        if entry is None:
+            raise KeyError(key)
+        return entry
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self._journal.get(key) is not None
+
+    def get(self, key: str) -> Entry | None:
+        return self._journal.get(key)
+
+    def values(self) -> Iterator[Entry]:
+        journal = self._journal
+        with journal._lock:
+            recent = list(journal._recent.values())
+        seen = {e.key for e in recent}
+        yield from recent
+        after = ""
+        while page := journal._page(after, 500):
+            yield from (e for e in page if e.key not in seen)
+            after = page[-1].key
+
+    def items(self) -> Iterator[tuple[str, Entry]]:
+        return ((e.key, e) for e in self.values())
+
+    def keys(self) -> Iterator[str]:
+        return (e.key for e in self.values())
+
+    def __iter__(self) -> Iterator[str]:
+        return self.keys()
+
+
+def index_path(journal: Path) -> Path:
+    """Where the index of a journal lives: `.rpq-journal.index` beside `.rpq-journal.jsonl`."""
+    return journal.with_name(journal.name.removesuffix(".jsonl") + ".index")
+
+
+def _parse(raw: bytes) -> dict[str, Any] | None:
+    """One journal line as an event, or None when it is torn, damaged or not rpq's."""
+    try:
+        event = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    return event if isinstance(event, dict) and _well_formed(event) else None

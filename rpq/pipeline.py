@@ -246,10 +246,7 @@ class Batch:
         started_wall = self.wall()
         sweep_temp_files(self.s.out)  # half-written files of a run that was killed
         self.journal = Journal(journal_path)
-        for entry in self.journal.entries.values():
-            record = entry.record if entry.state == "done" else None
-            if record:
-                self.writer.claim_existing(entry.rel, record.get("outputs") or [])
+        self.writer.earlier_owner = self.journal.output_owner
         self.orphans = len(self.journal.orphans())
         self.tracker.total = self._count()
         self.reporter.start(self.tracker)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -42,12 +42,8 @@ class ResultWriter:
         self.download_deadline = download_deadline
         self._lock = threading.Lock()
         self._claims: dict[str, str] = {}  # output path (relative) -> input rel that owns it
-
-    def claim_existing(self, rel: str, outputs: Iterable[str]) -> None:
-        """Outputs a previous run wrote for `rel` stay its own."""
-        with self._lock:
-            for name in outputs:
-                self._claims.setdefault(name, rel)
+        # Who owns an output an earlier run wrote (the journal knows), asked name by name.
+        self.earlier_owner: Callable[[str], str | None] = lambda name: None
 
     def write(self, rel: str, job: dict[str, Any]) -> list[str]:
         """Extract, fetch and write every image; returns the written paths relative to `out`.
@@ -110,12 +106,21 @@ class ResultWriter:
         with self._lock:
             for stem in candidates:
                 names = self._names(stem, count, formats)
-                if all(self._claims.get(n, rel) == rel for n in names):
+                if all(self._owner(n, rel) == rel for n in names):
                     for n in names:
                         self._claims[n] = rel
                     return stem
             # Same stem and extension twice is impossible for two files of one folder.
             raise OutputError(f"cannot find a free output name for {rel}")
+
+    def _owner(self, name: str, rel: str) -> str:
+        owner = self._claims.get(name)
+        if owner is None:
+            owner = self.earlier_owner(name)
+            if owner is None:
+                return rel  # free: claimed only once its stem is chosen
+            self._claims[name] = owner
+        return owner
 
     @staticmethod
     def _names(stem: str, count: int, formats: list[str]) -> list[str]:
