@@ -1,0 +1,59 @@
+"""One discovery pass: the walk runs once, ahead of the work, and its count grows to the total."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from rpq.discovery import Discovered
+from rpq.errors import UsageError
+
+
+def test_every_item_once_in_order_and_the_exact_total() -> None:
+    counts: list[tuple[int, bool]] = []
+    found = Discovered(range(10_000), lambda n, done: counts.append((n, done)))
+    assert list(found) == list(range(10_000))
+    assert counts[-1] == (10_000, True)
+    assert [n for n, _ in counts] == sorted(n for n, _ in counts)
+
+
+def test_work_starts_before_the_walk_ends() -> None:
+    release = threading.Event()
+
+    def slow_walk() -> Iterator[int]:
+        yield from range(300)
+        assert release.wait(10)
+        yield from range(300, 310)
+
+    found = Discovered(slow_walk(), lambda n, done: None)
+    items = iter(found)
+    first = [next(items) for _ in range(256)]  # handed over while the walk is blocked
+    assert first == list(range(256))
+    release.set()
+    assert list(items) == list(range(256, 310))
+
+
+def test_an_error_of_the_walk_is_raised_after_what_came_before() -> None:
+    def broken() -> Iterator[int]:
+        yield from range(5)
+        raise UsageError("cannot list /x (permission denied).")
+
+    got: list[int] = []
+    with pytest.raises(UsageError, match="cannot list"):
+        for item in Discovered(broken(), lambda n, done: None):
+            got.append(item)
+    assert got == list(range(5))
+
+
+def test_stopping_early_stops_the_walk() -> None:
+    walked = itertools.count()
+    found = Discovered((next(walked) for _ in itertools.count()), lambda n, done: None)
+    for item in found:
+        if item == 10:
+            break
+    found.close()
+    assert not found._thread.is_alive()
+    assert next(walked) < 100_000
