@@ -93,8 +93,8 @@ class Journal:
     """Append-only JSON lines, one write() per event; safe against a crash at any moment.
 
     Each line is written with a single os.write on an O_APPEND descriptor, so a SIGKILL leaves
-    whole lines plus at most one torn last line, which the reader skips. `sync()` adds fsync
-    for power loss; it is called at the end of a run.
+    whole lines plus at most one torn last line, which the reader skips. `close()` adds fsync
+    for power loss, at the end of a run.
 
     The file is the record; what it says about each image (its folded Entry) is kept in an
     index next to it (journal_index), so memory holds only the keys touched since the index
