@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rpq.errors import InputError, UsageError
 
@@ -382,7 +382,6 @@ def prepare_cost(image: ImageFile, *, max_side: int | None = None, fmt: str | No
     (base64, then the JSON around it). 0 when the header cannot be read: `prepare` will
     fail fast on that file.
     """
-    from PIL import Image
 
     try:
         size = image.path.stat().st_size
@@ -391,8 +390,7 @@ def prepare_cost(image: ImageFile, *, max_side: int | None = None, fmt: str | No
             if kind is None:
                 return 0
             f.seek(0)
-            factory, _ = Image.OPEN[_PIL_FORMAT[kind]]
-            with factory(f, "") as im:
+            with _plugin(kind)(f, "") as im:
                 width, height = im.size
                 mode = im.mode
                 progressive = bool(im.info.get("progressive"))
@@ -469,12 +467,8 @@ def _open_checked(data: bytes, kind: str, max_pixels: int) -> Image.Image:
     """Open `data` with the plugin for `kind`, reading only the header, and check its size."""
     from PIL import Image
 
-    # preinit() loads the common plugins only; init() imports every one (slow at start-up).
-    Image.preinit()
-    if _PIL_FORMAT[kind] not in Image.OPEN:
-        Image.init()
     try:
-        factory, _accept = Image.OPEN[_PIL_FORMAT[kind]]
+        factory = _plugin(kind)
     except KeyError:
         raise InputError(
             f"this Pillow cannot decode {kind} images. "
@@ -494,6 +488,17 @@ def _open_checked(data: bytes, kind: str, max_pixels: int) -> Image.Image:
         im.close()
         raise _too_big((width, height), max_pixels)
     return im
+
+
+def _plugin(kind: str) -> Any:
+    """Pillow's opener for `kind` (KeyError when this Pillow has none)."""
+    from PIL import Image
+
+    # preinit() loads the common plugins only; init() imports every one (slow at start-up).
+    Image.preinit()
+    if _PIL_FORMAT[kind] not in Image.OPEN:
+        Image.init()
+    return Image.OPEN[_PIL_FORMAT[kind]][0]
 
 
 def _verify_png(data: bytes) -> None:

@@ -111,7 +111,7 @@ def test_the_reduced_check_catches_every_truncation_a_full_decode_catches(
         try:
             prepare(image_file(tmp_path, kept, f"cut{cut}.jpg"))
         except InputError as exc:
-            assert str(exc).startswith(f"cut{cut}.jpg: truncated or corrupt image")
+            assert str(exc).startswith("truncated or corrupt image (")
         else:
             caught = False
         assert caught == full_decode_fails(kept), f"cut at {cut} of {len(data)}"
@@ -181,3 +181,18 @@ def test_the_cost_of_preparing_covers_the_bytes_it_holds(tmp_path: Path, big_jpe
     assert prepare_cost(image, fmt="png") > 4000 * 3000 * 4  # decoded in full, then PNG
     assert prepare_cost(image_file(tmp_path, b"not an image", "x.jpg")) == 0
     assert prepare_cost(ImageFile(tmp_path / "gone.jpg", "gone.jpg")) == 0
+
+
+def test_the_cost_is_known_before_pillow_has_opened_anything(
+    tmp_path: Path, big_jpeg: bytes
+) -> None:
+    # A fresh interpreter: the first image of a batch is costed before any is decoded.
+    import subprocess
+    import sys
+
+    path = image_file(tmp_path, big_jpeg).path
+    code = ("import sys; from pathlib import Path; from rpq.images import ImageFile, "
+            "prepare_cost; print(prepare_cost(ImageFile(Path(sys.argv[1]), 'p.jpg')))")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, check=True, timeout=60)
+    assert int(out.stdout) > len(big_jpeg)
