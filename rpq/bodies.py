@@ -68,8 +68,7 @@ class Body:
             del prepared  # the body is all that is sent
             if len(body) > RUN_BODY_LIMIT:
                 raise InputError(
-                    f"{self.image.rel}: request is {len(body) / 1e6:.1f} MB, over RunPod's "
-                    "10 MB /run limit. "
+                    f"request is {len(body) / 1e6:.1f} MB, over RunPod's 10 MB /run limit. "
                     "Pass --max-side 2048 (or smaller) or --format jpeg to shrink it.")
             hold.resize(len(body))
         except BaseException:

@@ -74,11 +74,11 @@ def test_a_bad_image_or_an_oversized_request_is_an_input_error_and_frees_its_byt
     budget = Budget(100 << 20)
     bodies = Bodies(RequestTemplate.default(), budget)
     data = jpeg((400, 300), (1, 2, 3))
-    with pytest.raises(InputError, match=r"^cut\.jpg: truncated or corrupt image"):
+    with pytest.raises(InputError, match=r"^truncated or corrupt image \("):
         bodies.of(image(tmp_path, data[: len(data) // 2], "cut.jpg")).open()
     assert budget.in_use == 0
     big = image(tmp_path, _noise_png(2200), "big.png")
-    with pytest.raises(InputError, match=r"^big\.png: request is 1\d\.\d MB, over RunPod's "
+    with pytest.raises(InputError, match=r"^request is 1\d\.\d MB, over RunPod's "
                        r"10 MB /run limit\. Pass --max-side 2048"):
         bodies.of(big).open()
     assert budget.in_use == 0
