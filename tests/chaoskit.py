@@ -32,6 +32,7 @@ from typing import Any
 
 from batchkit import batch_args, endpoint_env, rpq
 from helpers import wait_for
+from imaging import decodes, make_images
 from PIL import Image
 
 from rpq.journal import JOURNAL_NAME, Journal
@@ -63,36 +64,6 @@ class Outcome:
 
 
 # --- inputs -----------------------------------------------------------------------------------
-
-
-def unique_png(i: int, size: tuple[int, int] = (24, 16)) -> bytes:
-    """A small PNG whose pixels encode `i`: no two indices give the same bytes."""
-    img = Image.new("RGB", size, (i & 0xFF, (i >> 8) & 0xFF, (i >> 16) & 0xFF))
-    img.putpixel((0, 0), (255 - (i & 0xFF), 17, 99))
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return buf.getvalue()
-
-
-def make_unique_images(folder: Path, n: int) -> dict[str, bytes]:
-    """n distinct PNGs named img_0000.png...; returns name -> bytes."""
-    folder.mkdir(parents=True, exist_ok=True)
-    made = {}
-    for i in range(n):
-        data = unique_png(i)
-        name = f"img_{i:04d}.png"
-        (folder / name).write_bytes(data)
-        made[name] = data
-    return made
-
-
-def decodes(data: bytes) -> bool:
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-        return True
-    except Exception:
-        return False
 
 
 def count_http_faults(ep: LocalEndpoint) -> Counter[str]:
@@ -135,7 +106,7 @@ def chaos_batch(work: Path, *, images: int, seed: int, faults: str = CHAOS_FAULT
     """One batch through every fault at once, then every invariant of the issue checked."""
     outcome = Outcome("chaos", seed, images)
     src, out = work / "in", work / "out"
-    sent = make_unique_images(src, images)
+    sent = make_images(src, images)
     ep = LocalEndpoint(handler="echo", workers_max=workers, cold_start=cold_start,
                        idle_timeout=idle_timeout, process_time=process_time, faults=faults,
                        slow_delay=slow_delay, seed=seed, rate_limits={}).start()
@@ -335,7 +306,7 @@ def kill_loop(work: Path, *, images: int, seed: int, kills: int = 20, workers: i
     outcome = Outcome("sigkill", seed, images)
     rng = random.Random(seed)
     src, out = work / "in", work / "out"
-    sent = make_unique_images(src, images)
+    sent = make_images(src, images)
     b64_to_name = {base64.b64encode(data).decode(): name for name, data in sent.items()}
     log = work / "rpq.log"
     ep = LocalEndpoint(handler="echo", workers_max=workers, process_time=process_time,
@@ -533,7 +504,7 @@ def failing_writes(work: Path, *, seed: int, small: int = 8, big: int = 4,
     outcome = Outcome("failing_writes", seed, small + big)
     check = outcome.check
     src, out = work / "in", work / "out"
-    images = make_unique_images(src, small)
+    images = make_images(src, small)
     bigs = {f"big_{i}.png": noise_png(src / f"big_{i}.png", 160, seed * 100 + i)
             for i in range(big)}
     images.update(bigs)
@@ -613,7 +584,7 @@ def restart_endpoint(work: Path, *, seed: int, images: int = 30) -> Outcome:
     log = work / "serve.log"
     server, port = _serve(0, log)
     src, out = work / "in", work / "out"
-    sent = make_unique_images(src, images)
+    sent = make_images(src, images)
     env = {**os.environ, "RUNPOD_ENDPOINT_BASE_URL": f"http://127.0.0.1:{port}/v2",
            "RUNPOD_ENDPOINT_ID": "local"}
     exe = Path(sys.executable).with_name("rpq")

@@ -1,15 +1,15 @@
-"""Shared fixtures: per-test isolation and local endpoints on 127.0.0.1."""
+"""Shared fixtures: per-test isolation, local endpoints and loopback servers on 127.0.0.1."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import requests
-from helpers import Gate, Handle, LoopbackServer
+from helpers import Gate, LoopbackServer, WebhookReceiver
 from hypothesis import settings
 
 from rpq.local import LocalEndpoint
@@ -19,6 +19,8 @@ from rpq.local import LocalEndpoint
 settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
 settings.register_profile("dev")
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+T = TypeVar("T")
 
 _CLEARED = ("RUNPOD_API_KEY", "RUNPOD_ENDPOINT_ID", "RUNPOD_ENDPOINT_BASE_URL")
 
@@ -34,34 +36,36 @@ def _isolate(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
             monkeypatch.delenv(name, raising=False)
 
 
+def _factory(make: Callable[..., T], stop: Callable[[T], object]) -> Iterator[Callable[..., T]]:
+    """A fixture's factory: everything it makes is stopped at teardown, in order."""
+    made: list[T] = []
+
+    def factory(*args: Any, **kwargs: Any) -> T:
+        thing = make(*args, **kwargs)
+        made.append(thing)
+        return thing
+
+    yield factory
+    for thing in made:
+        stop(thing)
+
+
 @pytest.fixture
 def make_endpoint() -> Iterator[Callable[..., LocalEndpoint]]:
     """Factory: make_endpoint(**LocalEndpoint kwargs) -> a started endpoint, stopped at teardown."""
-    started: list[LocalEndpoint] = []
-
-    def make(**kwargs: Any) -> LocalEndpoint:
-        endpoint = LocalEndpoint(**kwargs).start()
-        started.append(endpoint)
-        return endpoint
-
-    yield make
-    for endpoint in started:
-        endpoint.stop()
+    yield from _factory(lambda **kwargs: LocalEndpoint(**kwargs).start(), LocalEndpoint.stop)
 
 
 @pytest.fixture
 def loopback() -> Iterator[Callable[..., LoopbackServer]]:
     """Factory: loopback(handle, protocol=...) -> a LoopbackServer, closed at teardown."""
-    started: list[LoopbackServer] = []
+    yield from _factory(LoopbackServer, LoopbackServer.close)
 
-    def make(handle: Handle, *, protocol: str = "HTTP/1.0") -> LoopbackServer:
-        server = LoopbackServer(handle, protocol=protocol)
-        started.append(server)
-        return server
 
-    yield make
-    for server in started:
-        server.close()
+@pytest.fixture
+def webhook(loopback: Callable[..., LoopbackServer]) -> Callable[..., WebhookReceiver]:
+    """Factory: webhook(status=200, failures=0) -> a WebhookReceiver on 127.0.0.1."""
+    return lambda **kwargs: WebhookReceiver(loopback, **kwargs)
 
 
 @pytest.fixture

@@ -54,7 +54,7 @@ Handle = Callable[[BaseHTTPRequestHandler], None]
 class LoopbackServer:
     """A threaded HTTP server on 127.0.0.1, port 0, that hands every request to `handle`.
 
-    `handle` gets the request handler and answers with `answer` (or writes the answer itself,
+    `handle` gets the request handler and answers with `respond` (or writes the answer itself,
     or closes the connection). Stop it with `close`, or use it as a context manager.
     """
 
@@ -94,7 +94,7 @@ def request_body(h: BaseHTTPRequestHandler) -> bytes:
     return h.rfile.read(length) if length else b""
 
 
-def answer(
+def respond(
     h: BaseHTTPRequestHandler,
     status: int,
     body: bytes | str | dict[str, Any] | list[Any] = b"",
@@ -116,6 +116,27 @@ def answer(
         h.send_header(name, value)
     h.end_headers()
     h.wfile.write(data)
+
+
+class WebhookReceiver:
+    """A webhook target on 127.0.0.1 that keeps the JSON body of every delivery.
+
+    It answers 500 to the first `failures` deliveries and `status` to the rest.
+    """
+
+    def __init__(self, loopback: Callable[..., LoopbackServer], *, status: int = 200,
+                 failures: int = 0) -> None:
+        self.bodies: list[Any] = []
+        self.status = status
+        self.failures = failures
+        self._lock = threading.Lock()
+        self.url = loopback(self._handle).url + "/hook"
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        with self._lock:
+            self.bodies.append(json.loads(request_body(h)))
+            count = len(self.bodies)
+        respond(h, 500 if count <= self.failures else self.status)
 
 
 class Gate:

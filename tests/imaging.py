@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
 
 def png_bytes(seed: int, size: tuple[int, int] = (48, 32)) -> bytes:
+    """A small PNG drawn from `seed`; its corner pixel encodes the seed, so no two collide."""
     img = Image.new("RGB", size, (240, 240 - seed % 200, 230))
     draw = ImageDraw.Draw(img)
     draw.ellipse((8, 6, 8 + 10 + seed % 20, 26), fill=(30 + seed % 200, 60, 120))
+    img.putpixel((0, 0), (seed & 0xFF, (seed >> 8) & 0xFF, (seed >> 16) & 0xFF))
     buf = io.BytesIO()
     img.save(buf, "PNG")
     return buf.getvalue()
@@ -24,21 +27,32 @@ def jpeg_bytes(seed: int, size: tuple[int, int] = (40, 40)) -> bytes:
     return buf.getvalue()
 
 
-def make_images(folder: Path, n: int, *, start: int = 0, sub: str | None = None) -> list[Path]:
-    """n distinct PNGs in folder (or folder/sub)."""
+def make_images(folder: Path, count: int | Sequence[str], *, start: int = 0,
+                sub: str | None = None, size: tuple[int, int] = (48, 32)) -> dict[str, bytes]:
+    """A folder of distinct PNGs: `count` of them named img_000.png, img_001.png, ... (numbered
+    from `start`), or one per stem in `count`; in folder/sub if given.
+
+    Returns each file's path relative to `folder` (POSIX) -> its bytes.
+    """
     target = folder / sub if sub else folder
     target.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(start, start + n):
-        path = target / f"img_{i:03d}.png"
-        path.write_bytes(png_bytes(i))
-        paths.append(path)
-    return paths
+    if isinstance(count, int):
+        stems = [f"img_{i:03d}" for i in range(start, start + count)]
+    else:
+        stems = list(count)
+    made = {}
+    for seed, stem in enumerate(stems, start=start):
+        data = png_bytes(seed, size)
+        path = target / f"{stem}.png"
+        path.write_bytes(data)
+        made[path.relative_to(folder).as_posix()] = data
+    return made
 
 
-def decodes(path: Path) -> bool:
+def decodes(image: Path | bytes) -> bool:
+    """Whether Pillow reads the whole image (a file, or its bytes) without an error."""
     try:
-        with Image.open(path) as im:
+        with Image.open(image if isinstance(image, Path) else io.BytesIO(image)) as im:
             im.load()
         return True
     except Exception:

@@ -10,13 +10,14 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 from batchkit import RecordingReporter, batch_args, rpq
-from imaging import decodes, png_bytes
+from helpers import LoopbackServer, request_body, respond
+from imaging import decodes, make_images, png_bytes
 from PIL import Image
 
 from rpq.local import LocalEndpoint
@@ -67,46 +68,26 @@ class FakeEndpoint:
     By default every job is COMPLETED at its first poll with the image it was sent.
     """
 
-    def __init__(self, script: Script | None = None, endpoint_id: str = "ep") -> None:
+    def __init__(self, loopback: Callable[..., LoopbackServer], script: Script | None = None,
+                 endpoint_id: str = "ep") -> None:
         self.script: Script = script or (lambda op, job: None)
         self.endpoint_id = endpoint_id
         self.jobs: dict[str, FakeJob] = {}
         self.calls: Counter[str] = Counter()
         self._lock = threading.Lock()
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                fake._handle(self)
-
-            do_POST = do_GET
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
+        self.server = loopback(self._handle, protocol="HTTP/1.1")
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v2"
+        return f"{self.server.url}/v2"
 
     def env(self) -> dict[str, str]:
         """Where the fake listens, and an API key no output may ever show."""
         return {"RUNPOD_ENDPOINT_BASE_URL": self.base_url, "RUNPOD_ENDPOINT_ID": self.endpoint_id,
                 "RUNPOD_API_KEY": FAKE_KEY}
 
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
-        length = int(h.headers.get("Content-Length") or 0)
-        raw = h.rfile.read(length) if length else b""
+        raw = request_body(h)
         parts = h.path.split("?")[0].split("/")
         op = parts[3] if len(parts) > 3 else ""
         job_id = parts[4] if len(parts) > 4 else ""
@@ -127,16 +108,8 @@ class FakeEndpoint:
             h.close_connection = True
             return
         assert isinstance(answer, Reply)
-        body = answer.body
-        data = body.encode() if isinstance(body, str) else (
-            body if isinstance(body, bytes) else json.dumps(body).encode())
-        h.send_response(answer.status)
-        h.send_header("Content-Type", answer.content_type)
-        h.send_header("Content-Length", str(len(data)))
-        for name, value in answer.headers:
-            h.send_header(name, value)
-        h.end_headers()
-        h.wfile.write(data)
+        respond(h, answer.status, answer.body, content_type=answer.content_type,
+                headers=answer.headers)
 
     def _normal(self, op: str, job: FakeJob | None) -> Reply:
         if op == "health":
@@ -155,17 +128,8 @@ class FakeEndpoint:
 
 
 @pytest.fixture
-def fake_endpoint() -> Iterator[Callable[[Script], FakeEndpoint]]:
-    started: list[FakeEndpoint] = []
-
-    def make(script: Script) -> FakeEndpoint:
-        fake = FakeEndpoint(script)
-        started.append(fake)
-        return fake
-
-    yield make
-    for fake in started:
-        fake.stop()
+def fake_endpoint(loopback: Callable[..., LoopbackServer]) -> Callable[[Script], FakeEndpoint]:
+    return lambda script: FakeEndpoint(loopback, script)
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -175,9 +139,7 @@ def _images(tmp_path: Path, names: list[str]) -> tuple[Path, Path, Path]:
     """An input folder with one PNG per name, an output folder inside a work folder, and a
     template that sends the file name along, so a script can pick its answer per image."""
     src = tmp_path / "in"
-    src.mkdir()
-    for i, name in enumerate(names):
-        (src / f"{name}.png").write_bytes(png_bytes(i))
+    make_images(src, names)
     template = tmp_path / "t.json"
     template.write_text(json.dumps({"input": {"image": "{{image_base64}}", "name": "{{stem}}"}}))
     work = tmp_path / "work"
@@ -260,69 +222,47 @@ def handler(job):
 
 
 @pytest.fixture
-def picture_server(tmp_path: Path) -> Iterator[str]:
+def picture_server(loopback: Callable[..., LoopbackServer]) -> Iterator[str]:
     """Output URLs: /ok, /hang, /trickle, /to-file, /to-ok, /huge, /missing."""
     picture = png_bytes(77)
     release = threading.Event()
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    def serve(h: BaseHTTPRequestHandler) -> None:
+        path = h.path.split("?")[0]
+        if path == "/ok":
+            respond(h, 200, picture)
+        elif path == "/hang":  # headers, then nothing
+            h.send_response(200)
+            h.send_header("Content-Length", "100000")
+            h.end_headers()
+            h.wfile.flush()
+            release.wait(60)
+        elif path == "/trickle":  # a byte at a time, each well within the read timeout
+            h.send_response(200)
+            h.send_header("Content-Length", "100000")
+            h.end_headers()
+            h.wfile.write(picture[:8])
+            h.wfile.flush()
+            while not release.wait(0.2):
+                h.wfile.write(b"\0")
+                h.wfile.flush()
+        elif path in ("/to-file", "/to-ok"):
+            location = "file:///etc/passwd" if path == "/to-file" else "/ok"
+            respond(h, 302, headers=(("Location", location),))
+        elif path == "/huge":  # 12 MB that start like a PNG
+            h.send_response(200)
+            h.send_header("Content-Length", str(12 << 20))
+            h.end_headers()
+            h.wfile.write(picture[:8])
+            chunk = b"\0" * (1 << 20)
+            with contextlib_suppress_broken_pipe():
+                for _ in range(12):
+                    h.wfile.write(chunk)
+        else:
+            respond(h, 404, b"not here")
 
-        def do_GET(self) -> None:
-            path = self.path.split("?")[0]
-            if path == "/ok":
-                self._answer(200, picture)
-            elif path == "/hang":  # headers, then nothing
-                self.send_response(200)
-                self.send_header("Content-Length", "100000")
-                self.end_headers()
-                self.wfile.flush()
-                release.wait(60)
-            elif path == "/trickle":  # a byte at a time, each well within the read timeout
-                self.send_response(200)
-                self.send_header("Content-Length", "100000")
-                self.end_headers()
-                self.wfile.write(picture[:8])
-                self.wfile.flush()
-                while not release.wait(0.2):
-                    self.wfile.write(b"\0")
-                    self.wfile.flush()
-            elif path in ("/to-file", "/to-ok"):
-                self.send_response(302)
-                self.send_header("Location", "file:///etc/passwd" if path == "/to-file"
-                                 else "/ok")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-            elif path == "/huge":  # 12 MB that start like a PNG
-                self.send_response(200)
-                size = 12 << 20
-                self.send_header("Content-Length", str(size))
-                self.end_headers()
-                self.wfile.write(picture[:8])
-                chunk = b"\0" * (1 << 20)
-                with contextlib_suppress_broken_pipe():
-                    for _ in range(12):
-                        self.wfile.write(chunk)
-            else:
-                self._answer(404, b"not here")
-
-        def _answer(self, status: int, body: bytes) -> None:
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
+    yield loopback(serve, protocol="HTTP/1.1").url
     release.set()
-    server.shutdown()
-    server.server_close()
 
 
 class contextlib_suppress_broken_pipe:

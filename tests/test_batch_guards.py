@@ -2,53 +2,22 @@
 
 from __future__ import annotations
 
-import json
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from batchkit import batch_args, endpoint_env, rpq
+from helpers import WebhookReceiver
 from imaging import make_images
 
 
-class Hook:
-    def __init__(self, status: int) -> None:
-        self.status = status
-        self.messages: list[dict[str, Any]] = []
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", 0))
-                hook.messages.append(json.loads(self.rfile.read(length)))
-                self.send_response(hook.status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
-def hook() -> Iterator[Hook]:
-    h = Hook(200)
-    yield h
-    h.close()
+def hook(webhook: Callable[..., WebhookReceiver]) -> WebhookReceiver:
+    return webhook()
 
 
 def test_alerts_are_sent_rate_limited_with_a_summary(tmp_path: Path, make_endpoint,
-                                                     hook: Hook) -> None:
+                                                     hook: WebhookReceiver) -> None:
     ep = make_endpoint(handler="echo", workers_max=2, process_time=0.05)
     src = tmp_path / "in"
     make_images(src, 5)
@@ -56,26 +25,24 @@ def test_alerts_are_sent_rate_limited_with_a_summary(tmp_path: Path, make_endpoi
     run = rpq(*batch_args(src, out, "--alert-webhook", hook.url, "--alert-process-time", "0.01"),
               env=endpoint_env(ep))
     assert run.code == 0, run.stderr
-    kinds = [m["kind"] for m in hook.messages]
+    kinds = [m["kind"] for m in hook.bodies]
     assert kinds.count("process_time") == 1  # five slow jobs, one alert a minute
     assert kinds[-1] == "summary"
-    summary = hook.messages[-1]
+    summary = hook.bodies[-1]
     assert summary["text"] == summary["content"] and "5/5 done" in summary["text"]
 
 
-def test_a_failing_webhook_never_stops_the_batch(tmp_path: Path, make_endpoint) -> None:
-    broken = Hook(500)
-    try:
-        ep = make_endpoint(handler="echo", workers_max=2, faults="fail=1.0", seed=1)
-        src = tmp_path / "in"
-        make_images(src, 12)
-        out = tmp_path / "out"
-        run = rpq(*batch_args(src, out, "--alert-webhook", broken.url), env=endpoint_env(ep))
-    finally:
-        broken.close()
+def test_a_failing_webhook_never_stops_the_batch(tmp_path: Path, make_endpoint,
+                                                 webhook: Callable[..., WebhookReceiver]) -> None:
+    broken = webhook(status=500)
+    ep = make_endpoint(handler="echo", workers_max=2, faults="fail=1.0", seed=1)
+    src = tmp_path / "in"
+    make_images(src, 12)
+    out = tmp_path / "out"
+    run = rpq(*batch_args(src, out, "--alert-webhook", broken.url), env=endpoint_env(ep))
     assert run.code == 1
     assert run.metrics(out)["stats"]["total_jobs"] == 12
-    assert [m["kind"] for m in broken.messages] == ["failure_rate", "summary"]
+    assert [m["kind"] for m in broken.bodies] == ["failure_rate", "summary"]
 
 
 def test_failover_moves_queued_jobs_to_the_fallback(tmp_path: Path, make_endpoint) -> None:

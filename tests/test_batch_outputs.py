@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from batchkit import batch_args, endpoint_env, rpq
-from imaging import jpeg_bytes, png_bytes
+from helpers import LoopbackServer, respond
+from imaging import jpeg_bytes, make_images, png_bytes
 
 WORKER = '''
 import base64
@@ -52,26 +51,9 @@ SHAPES = ["comfy5", "comfys3", "a1111", "comfy3", "imageb64", "imagebase64", "da
 
 
 @pytest.fixture
-def picture_server() -> Iterator[str]:
+def picture_server(loopback: Callable[..., LoopbackServer]) -> str:
     body = jpeg_bytes(99)
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "image/jpeg")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    return loopback(lambda h: respond(h, 200, body, content_type="image/jpeg")).url
 
 
 def _setup(tmp_path: Path, served: str, names: list[str]) -> tuple[Path, Path, Path]:
@@ -80,9 +62,7 @@ def _setup(tmp_path: Path, served: str, names: list[str]) -> tuple[Path, Path, P
     template = tmp_path / "t.json"
     template.write_text(json.dumps({"input": {"image": "{{image_base64}}", "name": "{{stem}}"}}))
     src = tmp_path / "in"
-    src.mkdir()
-    for i, name in enumerate(names):
-        (src / f"{name}-{i}.png").write_bytes(png_bytes(i))
+    make_images(src, [f"{name}-{i}" for i, name in enumerate(names)])
     return worker, template, src
 
 

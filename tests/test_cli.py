@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from batchkit import batch_args, endpoint_env, rpq
+from helpers import FakeClock
 from imaging import make_images
 from PIL import Image
 from rich.console import Console
@@ -49,8 +50,8 @@ def test_no_endpoint_uses_the_built_in_one(tmp_path: Path) -> None:
 
 
 def test_live_table_shows_counts_and_latency() -> None:
-    now = [0.0]
-    tracker = Tracker(clock=lambda: now[0])
+    clock = FakeClock()
+    tracker = Tracker(clock=clock)
     tracker.total = 10
     tracker.add("queued", 3)
     tracker.add("done", 2)
@@ -59,7 +60,7 @@ def test_live_table_shows_counts_and_latency() -> None:
     tracker.finished(JobRecord(input="a.png", status="COMPLETED", queue_time=1.0,
                                process_time=2.0))
     tracker.finished(JobRecord(input="b.png", status="FAILED", error="ValueError: boom"))
-    now[0] = 60.0
+    clock.now = 60.0
     reporter = LiveReporter()
     reporter.console = Console(record=True, width=120, file=open("/dev/null", "w"))  # noqa: SIM115
     reporter._tracker = tracker

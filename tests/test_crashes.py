@@ -29,9 +29,9 @@ from chaoskit import (
     output_files,
     restart_endpoint,
     shared_folder,
-    unique_png,
 )
 from helpers import wait_for
+from imaging import make_images
 
 
 def _jobs(out: Path) -> dict[str, dict[str, Any]]:
@@ -147,10 +147,8 @@ def test_output_folder_made_read_only_mid_run(shared_dir: Path, make_endpoint: A
     ep = make_endpoint(handler=handler, workers_max=8)
     src, out = shared_dir / "in", shared_dir / "out"
     names = ["early_0", "early_1", "early_2", "late_0", "late_1", "late_2"]
-    images = {f"{name}.png": unique_png(i) for i, name in enumerate(names)}
-    src.mkdir()
-    for name, data in images.items():
-        (src / name).write_bytes(data)
+    images = make_images(src, names)
+    for name in images:
         (src / name).chmod(0o644)
     template = shared_dir / "t.json"
     template.write_text(json.dumps({"input": {"image": "{{image_base64}}", "name": "{{stem}}"}}))

@@ -6,6 +6,7 @@ import threading
 from typing import Any
 
 import pytest
+from helpers import FakeClock
 
 from rpq.errors import UsageError
 from rpq.guards import HALT_MIN_SAMPLE, Alerter, Guards, GuardSettings, HaltRule
@@ -39,7 +40,7 @@ def test_budget_from_execution_time() -> None:
 
 
 def test_alerter_once_a_minute_per_kind() -> None:
-    now = [0.0]
+    clock = FakeClock()
     sent: list[dict[str, Any]] = []
     done = threading.Event()
 
@@ -49,11 +50,11 @@ def test_alerter_once_a_minute_per_kind() -> None:
             done.set()
         return 200
 
-    alerter = Alerter("http://127.0.0.1:1/x", post, clock=lambda: now[0])
+    alerter = Alerter("http://127.0.0.1:1/x", post, clock=clock)
     assert alerter.alert("queue_time", "slow")
     assert not alerter.alert("queue_time", "slow again")
     assert alerter.alert("process_time", "other kind")
-    now[0] = 61.0
+    clock.now = 61.0
     assert alerter.alert("queue_time", "a minute later")
     assert alerter.alert("summary", "end", force=True)
     assert done.wait(5)

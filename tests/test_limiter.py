@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from helpers import FakeClock
 from hypothesis import given
 from hypothesis import strategies as st
 
 from rpq.errors import UsageError
 from rpq.limiter import Limiter, Rate
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 def test_parse_rate() -> None:
@@ -33,7 +21,7 @@ def test_parse_rate() -> None:
 
 
 def test_burst_then_even_spacing() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     limiter = Limiter(Rate(5, 60), burst=1, clock=clock, sleep=clock.sleep)
     for _ in range(4):
         limiter.acquire()
@@ -42,7 +30,7 @@ def test_burst_then_even_spacing() -> None:
 
 
 def test_full_burst_allowed_when_idle() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     limiter = Limiter(Rate(10, 10), burst=10, clock=clock, sleep=clock.sleep)
     for _ in range(10):
         limiter.acquire()
@@ -52,14 +40,14 @@ def test_full_burst_allowed_when_idle() -> None:
 
 
 def test_reservations_queue_up_in_order() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     limiter = Limiter(Rate(1, 2), burst=1, clock=clock, sleep=clock.sleep)
     waits = [limiter.reserve() for _ in range(4)]
     assert waits == pytest.approx([0.0, 2.0, 4.0, 6.0])
 
 
 def test_pause_holds_everyone() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     limiter = Limiter(Rate(100, 1), clock=clock, sleep=clock.sleep)
     limiter.pause(3.0)
     assert limiter.reserve() == pytest.approx(3.0)
@@ -67,7 +55,7 @@ def test_pause_holds_everyone() -> None:
 
 @given(count=st.integers(1, 50), per=st.floats(0.5, 120), n=st.integers(1, 200))
 def test_never_exceeds_rate(count: int, per: float, n: int) -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     limiter = Limiter(Rate(count, per), clock=clock, sleep=clock.sleep)
     start = clock.now
     times = []

@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from helpers import FakeClock, LoopbackServer, answer
+from helpers import FakeClock, LoopbackServer, respond
 
 from rpq.api import RunPodClient
 from rpq.limiter import Limiters
@@ -60,7 +60,7 @@ class ScriptedEndpoint:
         queue = self.script.get(route) or [Say(404, {"error": "no route"})]
         say = queue.pop(0) if len(queue) > 1 else queue[0]
         self.clock.advance(say.takes)
-        answer(h, say.code, say.body, headers=say.headers)
+        respond(h, say.code, say.body, headers=say.headers)
 
 
 @pytest.fixture

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import requests
-from helpers import Gate, wait_for
+from helpers import Gate, WebhookReceiver, wait_for
 
 from rpq.local import LocalEndpoint
 
@@ -211,61 +208,28 @@ def test_handler_gets_a_copy_of_input(http: requests.Session, make_endpoint: Mak
 # ---- webhooks --------------------------------------------------------------------------
 
 
-class _Receiver:
-    """A local webhook target that fails the first `failures` deliveries."""
-
-    def __init__(self, failures: int = 0) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        self.failures = failures
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers["Content-Length"])
-                receiver.bodies.append(json.loads(self.rfile.read(length)))
-                code = 500 if len(receiver.bodies) <= receiver.failures else 200
-                self.send_response(code)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def __enter__(self) -> _Receiver:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def test_webhook_gets_the_status_body(http: requests.Session, make_endpoint: Make) -> None:
+def test_webhook_gets_the_status_body(http: requests.Session, make_endpoint: Make,
+                                     webhook: Callable[..., WebhookReceiver]) -> None:
     ep = make_endpoint(handler="echo")
-    with _Receiver() as receiver:
-        job_id = run(http, ep, {"input": {"a": 1}, "webhook": receiver.url})
-        wait_for(lambda: receiver.bodies)
-        status_doc = http.get(f"{ep.url}/status/{job_id}").json()
-        assert receiver.bodies == [status_doc]
-        assert status_doc["status"] == "COMPLETED"
+    receiver = webhook()
+    job_id = run(http, ep, {"input": {"a": 1}, "webhook": receiver.url})
+    wait_for(lambda: receiver.bodies)
+    status_doc = http.get(f"{ep.url}/status/{job_id}").json()
+    assert receiver.bodies == [status_doc]
+    assert status_doc["status"] == "COMPLETED"
 
 
-def test_webhook_is_retried_twice(http: requests.Session, make_endpoint: Make) -> None:
+def test_webhook_is_retried_twice(http: requests.Session, make_endpoint: Make,
+                                  webhook: Callable[..., WebhookReceiver]) -> None:
     ep = make_endpoint(handler="echo", webhook_retry_interval=0.05)
-    with _Receiver(failures=5) as receiver:
-        run(http, ep, {"input": {}, "webhook": receiver.url})
-        wait_for(lambda: len(receiver.bodies) == 3)
-        time.sleep(0.2)  # no fourth attempt comes
-        assert len(receiver.bodies) == 3
-    with _Receiver(failures=1) as receiver:
-        run(http, ep, {"input": {}, "webhook": receiver.url})
-        wait_for(lambda: len(receiver.bodies) == 2)
+    receiver = webhook(failures=5)
+    run(http, ep, {"input": {}, "webhook": receiver.url})
+    wait_for(lambda: len(receiver.bodies) == 3)
+    time.sleep(0.2)  # no fourth attempt comes
+    assert len(receiver.bodies) == 3
+    receiver = webhook(failures=1)
+    run(http, ep, {"input": {}, "webhook": receiver.url})
+    wait_for(lambda: len(receiver.bodies) == 2)
 
 
 def test_unreachable_webhook_does_not_hurt(http: requests.Session, make_endpoint: Make) -> None:

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
+from helpers import FakeClock
+
 from rpq.poll import StallDetector
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_queued_job_behind_running_jobs_is_not_stuck() -> None:
-    clock = Clock()
+    clock = FakeClock()
     det = StallDetector(60, clock)
     for t in range(0, 300, 10):  # the first job runs for 5 minutes, reported every 10 s
         clock.now = float(t)
@@ -23,7 +17,7 @@ def test_queued_job_behind_running_jobs_is_not_stuck() -> None:
 
 
 def test_no_progress_for_max_queue_time_is_a_stall() -> None:
-    clock = Clock()
+    clock = FakeClock()
     det = StallDetector(60, clock)
     clock.now = 59.0
     assert det.stuck(queued_since=0.0) is None
@@ -32,7 +26,7 @@ def test_no_progress_for_max_queue_time_is_a_stall() -> None:
 
 
 def test_overtaken_job_is_stuck_even_while_others_progress() -> None:
-    clock = Clock()
+    clock = FakeClock()
     det = StallDetector(10, clock)
     clock.now = 5.0
     det.observed(3.0, "COMPLETED")  # submitted 3 s after ours, already done
@@ -44,7 +38,7 @@ def test_overtaken_job_is_stuck_even_while_others_progress() -> None:
 
 def test_jobs_sent_together_may_start_in_either_order() -> None:
     # A long queue: ours waits 90 s while a job sent in the same instant started first.
-    clock = Clock()
+    clock = FakeClock()
     det = StallDetector(60, clock)
     for t in range(0, 90, 5):
         clock.now = float(t)
@@ -53,7 +47,7 @@ def test_jobs_sent_together_may_start_in_either_order() -> None:
 
 
 def test_whole_endpoint_pause_shorter_than_limit_is_tolerated() -> None:
-    clock = Clock()
+    clock = FakeClock()
     det = StallDetector(60, clock)
     clock.now = 20.0  # endpoint stalled for 20 s: nothing started
     assert det.stuck(queued_since=0.0) is None

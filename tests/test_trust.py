@@ -8,13 +8,15 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 from batchkit import batch_args, endpoint_env, rpq
-from helpers import wait_for
+from helpers import LoopbackServer, respond, wait_for
 from imaging import make_images, png_bytes
 from typer.testing import CliRunner
 from urllib3.util import parse_url
@@ -99,38 +101,23 @@ def test_download_takes_only_http_urls(url: str) -> None:
         client.close()
 
 
-def test_downloads_never_carry_the_api_key(tmp_path: Path, make_endpoint: Any) -> None:
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-    from threading import Thread
-
+def test_downloads_never_carry_the_api_key(tmp_path: Path, make_endpoint: Any,
+                                          loopback: Callable[..., LoopbackServer]) -> None:
     seen: list[dict[str, str]] = []
     picture = png_bytes(5)
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            seen.append(dict(self.headers))
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(picture)))
-            self.end_headers()
-            self.wfile.write(picture)
+    def serve(h: BaseHTTPRequestHandler) -> None:
+        seen.append(dict(h.headers))
+        respond(h, 200, picture)
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        worker = tmp_path / "w.py"
-        worker.write_text(f"def handler(job):\n    return {{'image': "
-                          f"'http://127.0.0.1:{server.server_address[1]}/a.png'}}\n")
-        ep = make_endpoint(handler=f"{worker}:handler", api_key=KEY)
-        src = tmp_path / "in"
-        make_images(src, 2)
-        run = rpq(*batch_args(src, tmp_path / "out"), env=endpoint_env(ep, key=KEY))
-        assert run.code == 0, run.stderr
-    finally:
-        server.shutdown()
-        server.server_close()
+    server = loopback(serve)
+    worker = tmp_path / "w.py"
+    worker.write_text(f"def handler(job):\n    return {{'image': '{server.url}/a.png'}}\n")
+    ep = make_endpoint(handler=f"{worker}:handler", api_key=KEY)
+    src = tmp_path / "in"
+    make_images(src, 2)
+    run = rpq(*batch_args(src, tmp_path / "out"), env=endpoint_env(ep, key=KEY))
+    assert run.code == 0, run.stderr
     assert len(seen) == 2
     assert all(KEY not in json.dumps(headers) for headers in seen)
     assert all("Authorization" not in headers for headers in seen)
