@@ -68,14 +68,13 @@ class FakeEndpoint:
     By default every job is COMPLETED at its first poll with the image it was sent.
     """
 
-    def __init__(self, loopback: Callable[..., LoopbackServer], script: Script | None = None,
-                 endpoint_id: str = "ep") -> None:
+    def __init__(self, script: Script | None = None, endpoint_id: str = "ep") -> None:
         self.script: Script = script or (lambda op, job: None)
         self.endpoint_id = endpoint_id
         self.jobs: dict[str, FakeJob] = {}
         self.calls: Counter[str] = Counter()
         self._lock = threading.Lock()
-        self.server = loopback(self._handle, protocol="HTTP/1.1")
+        self.server = LoopbackServer(self._handle, protocol="HTTP/1.1")
 
     @property
     def base_url(self) -> str:
@@ -85,6 +84,9 @@ class FakeEndpoint:
         """Where the fake listens, and an API key no output may ever show."""
         return {"RUNPOD_ENDPOINT_BASE_URL": self.base_url, "RUNPOD_ENDPOINT_ID": self.endpoint_id,
                 "RUNPOD_API_KEY": FAKE_KEY}
+
+    def stop(self) -> None:
+        self.server.close()
 
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
         raw = request_body(h)
@@ -128,8 +130,17 @@ class FakeEndpoint:
 
 
 @pytest.fixture
-def fake_endpoint(loopback: Callable[..., LoopbackServer]) -> Callable[[Script], FakeEndpoint]:
-    return lambda script: FakeEndpoint(loopback, script)
+def fake_endpoint() -> Iterator[Callable[[Script], FakeEndpoint]]:
+    started: list[FakeEndpoint] = []
+
+    def make(script: Script) -> FakeEndpoint:
+        fake = FakeEndpoint(script)
+        started.append(fake)
+        return fake
+
+    yield make
+    for fake in started:
+        fake.stop()
 
 
 # --- helpers ----------------------------------------------------------------------------------
