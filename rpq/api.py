@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import logging
 import os
 import re
 import threading
@@ -20,6 +21,9 @@ from requests.adapters import HTTPAdapter
 
 from rpq import __version__
 from rpq.errors import APIError, AuthError, EndpointError, EndpointNotFound
+
+# -vv: one line per request (method, path, status, time); never headers, so never the key.
+log = logging.getLogger("rpq.http")
 
 #: (connect, read) seconds; long polls add their wait to the read timeout.
 DEFAULT_TIMEOUT = (5.0, 30.0)
@@ -288,6 +292,7 @@ class RunPodClient:
         with self._lock:
             self.requests_sent[op] = self.requests_sent.get(op, 0) + 1
         headers = {"Content-Type": "application/json"} if data is not None else None
+        started = time.perf_counter()
         try:
             resp = self._session.request(
                 method,
@@ -298,8 +303,12 @@ class RunPodClient:
                 timeout=timeout or self.timeout,
             )
         except requests.RequestException as exc:
+            log.debug("%s %s/%s failed: %s", method, self.endpoint_id, path.lstrip("/"),
+                      type(exc).__name__)
             # str(exc) can be long and carries the URL; the type and cause are what help.
             raise TransportError(f"{op}: {type(exc).__name__}: {_short_cause(exc)}") from None
+        log.debug("%s %s/%s %d %.0f ms", method, self.endpoint_id, path.lstrip("/"),
+                  resp.status_code, (time.perf_counter() - started) * 1000)
         body, is_json = _parse(resp)
         if resp.status_code == 404 and not is_json and _is_html(resp):
             # RunPod's own 404s (unknown endpoint, expired job) are not web pages: a web

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -24,6 +25,9 @@ RUNPOD_LIMITS: dict[str, tuple[int, float]] = {
     "purge-queue": (2, 10.0),
     "health": (30, 10.0),
 }
+
+
+log = logging.getLogger("rpq.pacing")
 
 
 @dataclass(frozen=True)
@@ -125,10 +129,14 @@ class Limiters:
 
     def acquire(self, op: str) -> None:
         if op == "run" and self._user_run is not None:
-            self._user_run.acquire()
+            waited = self._user_run.acquire()
+            if waited > 0:
+                log.info("pacing: waited %.2fs before submitting (--rate)", waited)
         limiter = self._by_op.get(op)
         if limiter is not None:
-            limiter.acquire()
+            waited = limiter.acquire()
+            if waited > 0:
+                log.info("pacing: waited %.2fs before %s (RunPod's rate limit)", waited, op)
 
     def pause(self, op: str, seconds: float) -> None:
         limiter = self._by_op.get(op)

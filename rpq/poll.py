@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -13,6 +14,8 @@ from rpq.errors import APIError
 from rpq.limiter import Clock, Sleep
 from rpq.metrics import ms_to_seconds
 from rpq.submit import Caller
+
+log = logging.getLogger("rpq.poll")
 
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
 STARTED = frozenset({"IN_PROGRESS", "RUNNING"})
@@ -253,9 +256,10 @@ class _ErrorBackoff:
             return None
         self.failures += 1
         self.last_error = str(exc)
-        if exc.retry_after is not None:
-            return min(exc.retry_after, 60.0)
-        return min(30.0, 0.5 * 2 ** min(self.failures, 6))
+        pause = min(30.0, 0.5 * 2 ** min(self.failures, 6)) if exc.retry_after is None \
+            else min(exc.retry_after, 60.0)
+        log.info("polling again in %.1fs after: %s", pause, exc)
+        return pause
 
     def succeeded(self) -> None:
         self.failures = 0

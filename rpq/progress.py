@@ -128,20 +128,27 @@ def _describe(record: JobRecord, skipped: bool) -> str:
 
 
 class PlainReporter:
-    """One line per finished job on stderr: for pipes, CI logs and --no-progress."""
+    """One line per finished job on stderr: for pipes, CI logs and --no-progress.
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    failures_only (-q): only the lines of images that failed, and no notes.
+    """
+
+    def __init__(self, stream: TextIO | None = None, *, failures_only: bool = False) -> None:
         self.stream = stream or sys.stderr
         self._lock = threading.Lock()
+        self.failures_only = failures_only
 
     def start(self, tracker: Tracker) -> None:
         pass
 
     def job_done(self, record: JobRecord, skipped: bool = False) -> None:
+        if self.failures_only and (skipped or record.status == "COMPLETED"):
+            return
         self._line(describe(record, skipped))
 
     def message(self, text: str) -> None:
-        self._line(text)
+        if not self.failures_only:
+            self._line(text)
 
     def _line(self, text: str) -> None:
         # One write per line, under a lock: print() writes the text and its newline apart,
@@ -155,12 +162,15 @@ class PlainReporter:
 
 
 class LiveReporter:
-    """A Rich table on stderr, redrawn a few times a second."""
+    """A Rich table on stderr, redrawn a few times a second.
 
-    def __init__(self) -> None:
+    Pass the console that log lines go through, so they print above the table, not into it.
+    """
+
+    def __init__(self, console: Any = None) -> None:
         from rich.console import Console
 
-        self.console = Console(stderr=True)
+        self.console = console or Console(stderr=True)
         self._live: Any = None
         self._tracker: Tracker | None = None
 

@@ -1,8 +1,11 @@
 """Frozen settings, resolved once: flag > environment variable > config file > default.
 
-    endpoint id   --endpoint      RUNPOD_ENDPOINT_ID       (none at all: the built-in local one)
+    endpoint id   -e/--endpoint   RUNPOD_ENDPOINT_ID       (none at all: the built-in local one)
     API key       --api-key       RUNPOD_API_KEY      ~/.runpod/config.toml [default] api_key
     base URL      --base-url      RUNPOD_ENDPOINT_BASE_URL                        https://api.runpod.ai/v2
+
+`--profile NAME` reads [NAME] of the config file instead of [default] (as `runpod config
+--profile NAME` writes it); being a flag, it wins over RUNPOD_API_KEY, and --api-key over it.
 
 The key is kept out of every repr; `http://` is accepted for loopback hosts only.
 """
@@ -41,10 +44,16 @@ class EndpointSettings:
     local: bool = False
 
 
-def config_file_key(home: Path | None = None) -> str | None:
-    """`[default] api_key` from ~/.runpod/config.toml, as the official SDK reads it."""
+def config_file_key(home: Path | None = None, profile: str | None = None) -> str | None:
+    """`[default] api_key` (or `[PROFILE]`) from ~/.runpod/config.toml, as runpod's tools read it.
+
+    A profile asked for by name must be there; the default one may be missing.
+    """
     path = (home or Path.home()) / ".runpod" / "config.toml"
     if not path.exists():
+        if profile is not None:
+            raise UsageError(f"--profile {profile}: there is no {path}. Create the profile "
+                             f"with `runpod config --profile {profile}`, or pass --api-key.")
         return None
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -53,8 +62,13 @@ def config_file_key(home: Path | None = None) -> str | None:
         raise UsageError(
             f"{path} is not valid TOML. Fix it, or pass --api-key / set RUNPOD_API_KEY."
         ) from None
-    section = data.get("default")
+    section = data.get(profile or "default")
     key = section.get("api_key") if isinstance(section, dict) else None
+    if profile is not None and not (isinstance(key, str) and key):
+        found = ", ".join(sorted(k for k, v in data.items() if isinstance(v, dict))) or "none"
+        what = "has no api_key" if isinstance(section, dict) else "is not in the file"
+        raise UsageError(f"--profile {profile}: [{profile}] {what} ({path}; profiles there: "
+                         f"{found}). Pick one of those, or pass --api-key.")
     return key if isinstance(key, str) and key else None
 
 
@@ -78,12 +92,13 @@ def resolve_endpoint(
     base_url: str | None,
     env: dict[str, str] | None = None,
     home: Path | None = None,
+    profile: str | None = None,
 ) -> EndpointSettings:
     """Apply flag > env > config file > default; no endpoint at all means the local one."""
     env = dict(os.environ) if env is None else env
     endpoint = endpoint or env.get("RUNPOD_ENDPOINT_ID") or None
     base = base_url or env.get("RUNPOD_ENDPOINT_BASE_URL") or None
-    key = api_key or env.get("RUNPOD_API_KEY") or None
+    key = api_key or (None if profile else env.get("RUNPOD_API_KEY")) or None
     if endpoint is None and base is None:
         endpoint = LOCAL
     if endpoint is None:
@@ -93,7 +108,7 @@ def resolve_endpoint(
     if endpoint == LOCAL and base is None:
         return EndpointSettings(endpoint_id=LOCAL, base_url="", api_key=None, local=True)
     if not key:
-        key = config_file_key(home)
+        key = config_file_key(home, profile)
     return EndpointSettings(
         endpoint_id=endpoint,
         base_url=check_base_url(base or DEFAULT_BASE_URL),

@@ -102,8 +102,12 @@ def test_purge_asks_then_empties_the_queue(make_endpoint) -> None:
     assert ep.health()["jobs"]["inQueue"] == 3
     run = rpq("purge", "--yes", env=endpoint_env(ep))
     assert run.code == 0
-    assert json.loads(run.stdout) == {"removed": 3, "status": "completed"}
+    assert run.stdout == f"removed 3 queued job(s) from {ep.endpoint_id}\n"
     assert ep.health()["jobs"]["inQueue"] == 0
+    _submit(ep, 2)
+    run = rpq("purge", "-e", ep.endpoint_id, "--base-url", ep.base_url, "--yes", "--json")
+    assert run.code == 0
+    assert json.loads(run.stdout) == {"removed": 2, "status": "completed"}
 
 
 def test_health_watch_refreshes_until_ctrl_c(make_endpoint) -> None:

@@ -11,7 +11,17 @@ from typing import Annotated, Any
 
 import typer
 
-from rpq.commands.common import ApiKeyOpt, BaseUrlOpt, EndpointOpt, settings_from, with_options
+from rpq import logs
+from rpq.commands.common import (
+    ApiKeyOpt,
+    BaseUrlOpt,
+    EndpointOpt,
+    ProfileOpt,
+    QuietOpt,
+    VerboseOpt,
+    settings_from,
+    with_options,
+)
 from rpq.settings import ENDPOINT, OUTPUT, BatchSettings
 
 
@@ -22,7 +32,10 @@ def batch(
         metavar="FOLDER", show_default=False)] = None,
     endpoint: EndpointOpt = None,
     api_key: ApiKeyOpt = None,
+    profile: ProfileOpt = None,
     base_url: BaseUrlOpt = None,
+    verbose: VerboseOpt = 0,
+    quiet: QuietOpt = False,
     json_out: Annotated[bool, typer.Option("--json", rich_help_panel=OUTPUT,
                         help="Print the summary as JSON on stdout.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", rich_help_panel=OUTPUT,
@@ -38,6 +51,7 @@ def batch(
     from rpq.errors import ExitCode, UsageError
     from rpq.settings import EndpointSettings, resolve_endpoint
 
+    logs.configure(verbose, quiet)
     if folder is None:
         if values.get("files_from") is None:
             raise UsageError("pass the FOLDER of images, or --files-from FILE to list them.")
@@ -46,7 +60,7 @@ def batch(
         folder = Path.cwd()
     if not folder.is_dir():
         raise UsageError(f"{folder} is not a folder. Pass the folder that holds your images.")
-    ep = resolve_endpoint(endpoint, api_key, base_url)
+    ep = resolve_endpoint(endpoint, api_key, base_url, profile=profile)
     settings = settings_from(
         BatchSettings, values, root=folder, endpoint=ep,
         out=values.get("out") or folder.with_name(folder.resolve().name + "_out"))
@@ -58,9 +72,8 @@ def batch(
 
     with LocalEndpoint(handler="remove-background", workers_max=local_workers,
                        workers_min=local_workers) as local:
-        print(f"rpq: no endpoint configured; using the built-in local endpoint "
-              f"(remove-background, {local_workers} workers) at {local.base_url}",
-              file=sys.stderr)
+        logs.note(f"rpq: no endpoint configured; using the built-in local endpoint "
+                  f"(remove-background, {local_workers} workers) at {local.base_url}")
         local_ep = EndpointSettings(endpoint_id=local.endpoint_id, base_url=local.base_url)
         code = run_batch(replace(settings, endpoint=local_ep), view)
     if code != ExitCode.OK:
@@ -95,7 +108,13 @@ def run_batch(settings: BatchSettings, view: View | None = None) -> int:
     from rpq.progress import LiveReporter, PlainReporter, Reporter
 
     view = view or View()
-    reporter: Reporter = LiveReporter() if view.live and sys.stderr.isatty() else PlainReporter()
+    reporter: Reporter
+    if logs.verbosity() == logs.QUIET:
+        reporter = PlainReporter(failures_only=True)
+    elif view.live and sys.stderr.isatty():
+        reporter = LiveReporter(logs.console())
+    else:
+        reporter = PlainReporter()
     runner = Batch(settings, reporter)
     runner.check_endpoint()
     if view.dry_run:

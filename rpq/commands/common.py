@@ -1,4 +1,4 @@
-"""Options shared by every command that talks to an endpoint, and options built from fields."""
+"""Options every command shares, options built from fields, and help laid out in groups."""
 
 from __future__ import annotations
 
@@ -10,23 +10,49 @@ from collections.abc import Callable, Mapping
 from typing import Annotated, Any, TypeVar
 
 import typer
+from typer.core import TyperCommand
 
 from rpq.options import Opt, options_of
 
+ENDPOINT, GENERAL = "Endpoint", "General"
+
+# The environment variables are read by rpq.settings.resolve_endpoint, not by Typer: a flag
+# that came from the environment could not be told from one typed (--profile beats
+# RUNPOD_API_KEY, and a positional id must not clash with RUNPOD_ENDPOINT_ID).
+
 EndpointOpt = Annotated[
     str | None,
-    typer.Option("--endpoint", "-e", envvar="RUNPOD_ENDPOINT_ID", show_envvar=True,
-                 help="Endpoint id; 'local' (or none at all) uses the built-in local endpoint."),
+    typer.Option("--endpoint", "-e", metavar="ID", rich_help_panel=ENDPOINT,
+                 help="Endpoint id. `rpq batch` without one (or with 'local') starts its own "
+                 "built-in local endpoint.  [env var: RUNPOD_ENDPOINT_ID]"),
 ]
 ApiKeyOpt = Annotated[
     str | None,
-    typer.Option("--api-key", envvar="RUNPOD_API_KEY", show_envvar=True, show_default=False,
-                 help="RunPod API key; else ~/.runpod/config.toml [default] api_key."),
+    typer.Option("--api-key", show_default=False, metavar="KEY", rich_help_panel=ENDPOINT,
+                 help="RunPod API key; else ~/.runpod/config.toml [default] api_key.  "
+                 "[env var: RUNPOD_API_KEY]"),
+]
+ProfileOpt = Annotated[
+    str | None,
+    typer.Option("--profile", metavar="NAME", rich_help_panel=ENDPOINT,
+                 help="Take the API key from [NAME] of ~/.runpod/config.toml (as `runpod "
+                 "config --profile NAME` writes it) instead of [default] or RUNPOD_API_KEY."),
 ]
 BaseUrlOpt = Annotated[
     str | None,
-    typer.Option("--base-url", envvar="RUNPOD_ENDPOINT_BASE_URL", show_envvar=True,
-                 help="API base URL (default https://api.runpod.ai/v2)."),
+    typer.Option("--base-url", metavar="URL", rich_help_panel=ENDPOINT,
+                 help="API base URL (default https://api.runpod.ai/v2).  "
+                 "[env var: RUNPOD_ENDPOINT_BASE_URL]"),
+]
+VerboseOpt = Annotated[
+    int,
+    typer.Option("--verbose", "-v", count=True, rich_help_panel=GENERAL, show_default=False,
+                 help="More on stderr: -v retries and pacing, -vv every request."),
+]
+QuietOpt = Annotated[
+    bool,
+    typer.Option("--quiet", "-q", rich_help_panel=GENERAL,
+                 help="Only errors and the final summary on stderr."),
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -99,3 +125,57 @@ def _typer_param(f: dataclasses.Field[Any], spec: Opt, field_type: Any) -> tuple
 def _is_optional_tuple(tp: Any) -> bool:
     return isinstance(tp, types.UnionType) and any(
         typing.get_origin(arg) is tuple for arg in typing.get_args(tp))
+
+
+class GroupedHelp(TyperCommand):
+    """Help with options under headings (their rich_help_panel) and the epilog as EXAMPLES.
+
+    Plain text, without Rich: `rpq --help` stays fast.
+    """
+
+    group_order: tuple[str, ...] = ()
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                name = param.metavar or (param.name or "").upper()
+                name = name if param.required else f"[{name}]"
+                pieces.append(name + ("..." if param.nargs != 1 else ""))
+        return pieces
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        args: list[tuple[str, str]] = []
+        groups: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if param.param_type_name == "argument":
+                args.append((param.metavar or (param.name or "").upper(),
+                             getattr(param, "help", None) or ""))
+            else:
+                group = getattr(param, "rich_help_panel", None) or GENERAL
+                groups.setdefault(group, []).append(record)
+        if args:
+            with formatter.section("Arguments"):
+                formatter.write_dl(args)
+        titles = dict.fromkeys([*self.group_order, *groups])  # in order, once each
+        titles.pop(GENERAL, None)
+        for title in [*titles, GENERAL]:  # -v, -q and --help last
+            if groups.get(title):
+                with formatter.section(title):
+                    formatter.write_dl(groups[title])
+
+    def format_epilog(self, ctx: Any, formatter: Any) -> None:
+        if not self.epilog:
+            return
+        formatter.write_paragraph()
+        formatter.write("Examples:\n")
+        for line in self.epilog.strip("\n").splitlines():
+            formatter.write(f"  {line}\n" if line.strip() else "\n")
+
+
+def grouped(*order: str) -> type[GroupedHelp]:
+    """A GroupedHelp command class that shows these groups first, in this order."""
+    return type("GroupedHelp", (GroupedHelp,), {"group_order": order})

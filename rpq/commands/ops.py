@@ -10,42 +10,64 @@ from typing import Annotated, Any
 
 import typer
 
-from rpq.commands.common import ApiKeyOpt, BaseUrlOpt
+from rpq import logs
+from rpq.commands.common import (
+    ApiKeyOpt,
+    BaseUrlOpt,
+    EndpointOpt,
+    ProfileOpt,
+    QuietOpt,
+    VerboseOpt,
+)
 
 EndpointArg = Annotated[
     str | None,
-    typer.Argument(envvar="RUNPOD_ENDPOINT_ID", show_envvar=True, show_default=False,
-                   help="Endpoint id (default: RUNPOD_ENDPOINT_ID)."),
+    typer.Argument(metavar="ID", show_default=False,
+                   help="Endpoint id, a shortcut for -e ID."),
 ]
 
 
-def _client(endpoint: str | None, api_key: str | None, base_url: str | None) -> Any:
+def _client(endpoint: str | None, api_key: str | None, base_url: str | None,
+            profile: str | None = None, shortcut: str | None = None) -> Any:
     from rpq.api import RunPodClient
     from rpq.errors import UsageError
-    from rpq.settings import resolve_endpoint
+    from rpq.settings import LOCAL, resolve_endpoint
 
-    ep = resolve_endpoint(endpoint, api_key, base_url)
+    if shortcut is not None and endpoint is not None and shortcut != endpoint:
+        raise UsageError(f"two endpoints given: {shortcut} and -e {endpoint}. Pass one.")
+    ep = resolve_endpoint(shortcut or endpoint, api_key, base_url, profile=profile)
+    if ep.local and (shortcut or endpoint) == LOCAL:
+        raise UsageError(
+            "'local' is the endpoint `rpq batch` starts inside itself for one run; there is "
+            "none to reach here. Start one with `rpq serve` and pass the base URL it prints: "
+            "--base-url http://127.0.0.1:8000/v2 -e local (or set RUNPOD_ENDPOINT_BASE_URL)."
+        )
     if ep.local:
         raise UsageError(
-            "no endpoint given. Pass an endpoint id (or set RUNPOD_ENDPOINT_ID); to look at a "
-            "local one, run `rpq serve` and set RUNPOD_ENDPOINT_BASE_URL to the URL it prints."
+            "no endpoint given. Pass -e ID (or set RUNPOD_ENDPOINT_ID); for a local endpoint, "
+            "start `rpq serve` and pass --base-url with the URL it prints, and -e local."
         )
     return RunPodClient(ep.base_url, ep.endpoint_id, ep.api_key)
 
 
 def health(
-    endpoint: EndpointArg = None,
+    shortcut: EndpointArg = None,
+    endpoint: EndpointOpt = None,
     api_key: ApiKeyOpt = None,
+    profile: ProfileOpt = None,
     base_url: BaseUrlOpt = None,
-    watch: Annotated[float | None, typer.Option("--watch", min=0.5,
-                     help="Refresh every S seconds until Ctrl-C.")] = None,
+    watch: Annotated[float | None, typer.Option("--watch", min=0.5, metavar="SECONDS",
+                     help="Refresh every SECONDS until Ctrl-C.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the reply and the diagnosis "
                         "as JSON on stdout.")] = False,
+    verbose: VerboseOpt = 0,
+    quiet: QuietOpt = False,
 ) -> None:
     """Workers and jobs of an endpoint, with a diagnosis. Exit 0 healthy, 1 degraded."""
     from rpq.health import diagnose
 
-    client = _client(endpoint, api_key, base_url)
+    logs.configure(verbose, quiet)
+    client = _client(endpoint, api_key, base_url, profile, shortcut)
     with client:
         if watch is None or json_out:
             reply = client.health()
@@ -93,15 +115,18 @@ def _health_view(endpoint_id: str, diagnosis: Any) -> Any:
 
 
 def cancel(
-    job_ids: Annotated[list[str] | None, typer.Argument(help="Job ids to cancel.")] = None,
-    endpoint: Annotated[str | None, typer.Option("--endpoint", "-e", envvar="RUNPOD_ENDPOINT_ID",
-                        help="Endpoint id.")] = None,
+    job_ids: Annotated[list[str] | None, typer.Argument(
+        metavar="JOB_ID", show_default=False, help="Job ids to cancel.")] = None,
+    endpoint: EndpointOpt = None,
     api_key: ApiKeyOpt = None,
+    profile: ProfileOpt = None,
     base_url: BaseUrlOpt = None,
     journal: Annotated[Path | None, typer.Option(
-        "--journal", help="A batch's output folder (or its journal file): cancel every job it "
-        "shows still in flight.")] = None,
+        "--journal", metavar="DIR", help="A batch's output folder (or its journal file): cancel "
+        "every job it shows still in flight.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the answers as JSON.")] = False,
+    verbose: VerboseOpt = 0,
+    quiet: QuietOpt = False,
 ) -> None:
     """Cancel jobs, by id or everything a batch's journal shows still in flight."""
     from rpq.errors import APIError, UsageError
@@ -109,6 +134,7 @@ def cancel(
     from rpq.limiter import Limiters
     from rpq.submit import Caller
 
+    logs.configure(verbose, quiet)
     targets: list[tuple[str, str | None]] = [(j, None) for j in job_ids or []]
     book = None
     if journal is not None:
@@ -123,10 +149,10 @@ def cancel(
                 endpoint = endpoints.pop()
     if not targets:
         if journal is not None:
-            print("nothing to cancel: the journal shows no job in flight.", file=sys.stderr)
+            logs.note("nothing to cancel: the journal shows no job in flight.")
             raise typer.Exit(0)
         raise UsageError("give job ids to cancel, or --journal OUT to cancel a batch's leftovers.")
-    client = _client(endpoint, api_key, base_url)
+    client = _client(endpoint, api_key, base_url, profile)
     caller = Caller(client, Limiters())
     answers = []
     failed = 0
@@ -153,15 +179,22 @@ def cancel(
 
 
 def purge(
-    endpoint: EndpointArg = None,
+    shortcut: EndpointArg = None,
+    endpoint: EndpointOpt = None,
     api_key: ApiKeyOpt = None,
+    profile: ProfileOpt = None,
     base_url: BaseUrlOpt = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the endpoint's answer as JSON "
+                        "on stdout.")] = False,
+    verbose: VerboseOpt = 0,
+    quiet: QuietOpt = False,
 ) -> None:
     """Remove every queued job of the endpoint (running jobs go on)."""
     from rpq.errors import APIError
 
-    client = _client(endpoint, api_key, base_url)
+    logs.configure(verbose, quiet)
+    client = _client(endpoint, api_key, base_url, profile, shortcut)
     with client:
         health = client.health()  # an unknown endpoint, a refused key or no RunPod API: exit 3
         if not yes:
@@ -178,7 +211,11 @@ def purge(
         except APIError as exc:
             _raise_if_endpoint_wide(exc, client, "purge-queue")
             raise
-    print(json.dumps(answer))
+    if json_out:
+        print(json.dumps(answer))
+        return
+    removed = answer.get("removed", "?") if isinstance(answer, dict) else "?"
+    print(f"removed {removed} queued job(s) from {client.endpoint_id}")
 
 
 def _raise_if_endpoint_wide(exc: Any, client: Any, op: str) -> None:

@@ -7,6 +7,9 @@ from typing import Annotated
 
 import typer
 
+from rpq import logs
+from rpq.commands.common import QuietOpt, VerboseOpt
+
 _SLA_HELP = (
     "SLA on total time (submit to result) as PERCENT:SECONDS pairs; "
     "exit code 1 when any line fails."
@@ -20,7 +23,7 @@ def report(
             help="job_metrics.json written by `rpq batch` (or the folder holding it); several "
             "(one per --shard or machine) are reported as one run.",
             show_default=False,
-            metavar="METRICS.json...",
+            metavar="METRICS.json",
         ),
     ],
     sla: Annotated[
@@ -29,7 +32,8 @@ def report(
     compare: Annotated[
         Path | None,
         typer.Option(
-            "--compare", help="Another run's job_metrics.json: side by side, with deltas."
+            "--compare", metavar="FILE.json",
+            help="Another run's job_metrics.json: side by side, with deltas.",
         ),
     ] = None,
     plot: Annotated[
@@ -54,6 +58,8 @@ def report(
         int,
         typer.Option("--slowest", min=0, metavar="N", help="How many of the slowest jobs to list."),
     ] = 5,
+    verbose: VerboseOpt = 0,
+    quiet: QuietOpt = False,
 ) -> None:
     """Summarise a run: latency percentiles, SLA check, failures, slowest jobs, cost.
 
@@ -72,6 +78,7 @@ def report(
     from rpq.errors import ExitCode
     from rpq.metrics import load_metrics
 
+    logs.configure(verbose, quiet)
     options = rep.ReportOptions(
         sla=rep.parse_sla(sla), slowest=slowest, cost_per_hour=cost_per_hour
     )
@@ -87,15 +94,14 @@ def report(
         merged=merged,
     )
     if merged["overlap"]["count"]:
-        typer.echo(
+        logs.note(
             f"note: {merged['overlap']['count']} input(s) appear in more than one metrics file; "
-            "shards never overlap, so a file may have been given twice",
-            err=True,
+            "shards never overlap, so a file may have been given twice"
         )
     if plot is not None:
         rep.plot_timeline(current.jobs, plot)
         document["plot"] = str(plot)
-        typer.echo(f"wrote timeline plot to {plot}", err=True)
+        logs.note(f"wrote timeline plot to {plot}")
     if as_json:
         typer.echo(json.dumps(document, indent=2, ensure_ascii=False))
     else:

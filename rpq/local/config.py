@@ -24,7 +24,7 @@ DEFAULT_RATE_LIMITS: dict[str, int] = {
     "purge-queue": 2,
 }
 # Option groups of `rpq serve --help` (the rest are listed under "Endpoint").
-WORKERS, FAULTS = "Workers", "Faults and limits"
+ENDPOINT, WORKERS, FAULTS = "Endpoint", "Workers", "Faults and limits"
 OPS: tuple[str, ...] = (
     "run",
     "runsync",
@@ -87,14 +87,15 @@ class EndpointConfig:
     Fields declared with option() are also options of `rpq serve`.
     """
 
-    endpoint_id: str = option("--endpoint-id", default="local", metavar="ID",
+    endpoint_id: str = option("--endpoint-id", default="local", metavar="ID", group=ENDPOINT,
                               help="Endpoint id in the URL path.")
     api_key: str | None = option(
         "--api-key", default=None, envvar="RPQ_SERVE_API_KEY", metavar="KEY", secret=True,
+        group=ENDPOINT,
         help="Require this key (Authorization: Bearer KEY or a raw key).")
-    host: str = option("--host", default="127.0.0.1", metavar="HOST",
+    host: str = option("--host", default="127.0.0.1", metavar="HOST", group=ENDPOINT,
                        help="Interface to listen on; anything but loopback needs --api-key.")
-    port: int = option("--port", default=0, cli_default=8000, metavar="PORT",
+    port: int = option("--port", default=0, cli_default=8000, metavar="PORT", group=ENDPOINT,
                        help="Port to listen on; 0 picks a free one.")
     handler: str | HandlerFunc = option(
         "--handler", default="echo", cli_default="remove-background", cli_type=str,
