@@ -9,7 +9,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timezone
 from typing import Any
@@ -27,6 +27,8 @@ log = logging.getLogger("rpq.http")
 
 #: (connect, read) seconds; long polls add their wait to the read timeout.
 DEFAULT_TIMEOUT = (5.0, 30.0)
+#: Answers at least this long are announced to RunPodClient.on_big_body before being read.
+BIG_BODY = 1 << 20
 
 
 class TransportError(APIError):
@@ -132,6 +134,9 @@ class RunPodClient:
             self._session.headers["Authorization"] = f"Bearer {api_key}"
         self._lock = threading.Lock()
         self.requests_sent: dict[str, int] = {}
+        # Told the size of a large answer before it is read (a result inline in a status
+        # reply), so the caller can wait for memory; see BIG_BODY.
+        self.on_big_body: Callable[[int], object] | None = None
 
     def __repr__(self) -> str:
         return f"RunPodClient(url={self.url!r})"
@@ -293,6 +298,7 @@ class RunPodClient:
             self.requests_sent[op] = self.requests_sent.get(op, 0) + 1
         headers = {"Content-Type": "application/json"} if data is not None else None
         started = time.perf_counter()
+        hook = self.on_big_body
         try:
             resp = self._session.request(
                 method,
@@ -301,7 +307,13 @@ class RunPodClient:
                 params=params,
                 headers=headers,
                 timeout=timeout or self.timeout,
+                stream=hook is not None,
             )
+            if hook is not None:
+                length = resp.headers.get("Content-Length", "")
+                if length.isdigit() and int(length) >= BIG_BODY:
+                    hook(int(length))  # may wait: the answer stays in the socket meanwhile
+                resp.content  # noqa: B018 - read the body here, where its errors are mapped
         except requests.RequestException as exc:
             log.debug("%s %s/%s failed: %s", method, self.endpoint_id, path.lstrip("/"),
                       type(exc).__name__)

@@ -33,6 +33,7 @@ class Budget:
         self._cond = threading.Condition()
         self._in_use = 0
         self._queue: deque[object] = deque()  # tickets of waiting acquires, oldest first
+        self._local = threading.local()  # charge_here: bytes held per thread
         self.peak = 0  # most bytes ever counted at once
         self.waited = 0  # acquires that had to wait
 
@@ -76,6 +77,29 @@ class Budget:
         with self._cond:
             self._in_use = max(0, self._in_use - max(0, n))
             self._cond.notify_all()
+
+    def charge_here(self, n: int, give_up: Callable[[], bool] | None = None) -> bool:
+        """`acquire` on behalf of the calling thread, replacing what it held before.
+
+        For bytes a lower layer reads for a job (a result's HTTP body) that the job's own
+        code releases later with `release_here`. The thread's earlier charge is released
+        first: a thread never waits while it holds, so waits cannot deadlock.
+        """
+        self.release_here()
+        if not self.acquire(n, give_up):
+            return False
+        self._local.held = max(0, n)
+        return True
+
+    def held_here(self) -> int:
+        """Bytes charged by the calling thread and not yet released."""
+        return int(getattr(self._local, "held", 0))
+
+    def release_here(self) -> None:
+        held = self.held_here()
+        if held:
+            self._local.held = 0
+            self.release(held)
 
     def hold(self, n: int, give_up: Callable[[], bool] | None = None) -> Hold | None:
         """`acquire` as a Hold to release with `with` (None if given up)."""
@@ -141,3 +165,8 @@ def text_bytes(value: object) -> int:
         elif isinstance(item, list):
             stack.extend(item)
     return total
+
+
+def result_cost(output: object) -> int:
+    """Bytes a job's output holds while it is written: its text, and that text decoded."""
+    return text_bytes(output) * 7 // 4

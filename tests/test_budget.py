@@ -158,3 +158,26 @@ def test_text_bytes_counts_the_strings_of_a_json_value() -> None:
     for _ in range(5000):  # deeper than Python's recursion limit
         deep = [deep]
     assert text_bytes(deep) == 1000
+
+
+def test_a_thread_charge_replaces_the_last_and_is_released_by_that_thread() -> None:
+    budget = Budget(100)
+    assert budget.charge_here(30)
+    assert budget.charge_here(50)  # the earlier 30 are released first
+    assert budget.in_use == 50 and budget.held_here() == 50
+    other: list[int] = []
+    t = threading.Thread(target=lambda: other.append(budget.held_here()))
+    t.start()
+    t.join(10)
+    assert other == [0]  # charges belong to the thread that made them
+    budget.release_here()
+    budget.release_here()
+    assert budget.in_use == 0 and budget.held_here() == 0
+
+
+def test_a_thread_never_waits_while_holding_its_own_charge() -> None:
+    budget = Budget(100)
+    assert budget.charge_here(80)
+    # 90 would not fit next to the 80 this thread holds, but those are given back first.
+    assert budget.charge_here(90)
+    assert budget.in_use == 90
