@@ -4,7 +4,8 @@
     ├── UsageError            bad option, template, workflow or config file      (exit 2)
     ├── EndpointError         endpoint unreachable, unknown, or key refused      (exit 3)
     │   ├── AuthError         401 from the endpoint
-    │   └── EndpointNotFound  404 on the endpoint itself
+    │   ├── EndpointNotFound  404 on the endpoint itself
+    │   └── NotRunPodAPI      (rpq.api) an answer that is not RunPod's JSON: wrong base URL
     ├── APIError              an unexpected HTTP answer for one request          (exit 1)
     └── InputError            one input image cannot be sent; the batch goes on  (exit 1)
 
