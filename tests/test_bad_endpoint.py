@@ -290,7 +290,8 @@ def _shapes_endpoint(tmp_path: Path, make_endpoint: Callable[..., LocalEndpoint]
                      big: Path | None = None) -> LocalEndpoint:
     worker = tmp_path / "worker.py"
     worker.write_text(SHAPES_WORKER.format(big=str(big or ""), served=served))
-    return make_endpoint(handler=f"{worker}:handler", workers_max=4)
+    # Over RunPod's 20 MB result limit: these tests are about what the client does with it.
+    return make_endpoint(handler=f"{worker}:handler", workers_max=4, max_result=100 * 10**6)
 
 
 def test_bad_outputs_fail_their_image_only(tmp_path: Path, make_endpoint: Callable[..., Any],

@@ -171,7 +171,11 @@ def test_async_handlers(http: requests.Session, make_endpoint: Make) -> None:
             yield i
 
     assert runsync(http, make_endpoint(handler=coro), {"v": 1})["output"] == {"async": 1}
-    assert runsync(http, make_endpoint(handler=agen), {})["output"] == [0, 1, 2]
+    ep = make_endpoint(handler=agen)
+    doc = runsync(http, ep, {})
+    assert doc["status"] == "COMPLETED" and doc["output"] == []  # no return_aggregate_stream
+    chunks = http.get(f"{ep.url}/stream/{doc['id']}", timeout=10).json()["stream"]
+    assert [c["output"] for c in chunks] == [0, 1, 2]
 
 
 def test_generator_that_raises_midway(http: requests.Session, make_endpoint: Make) -> None:

@@ -25,6 +25,13 @@ def serve(
     """Serve RunPod's serverless queue API locally, with real queue semantics.
 
     The first line on stdout says where it listens (JSON with --json); -vv logs every request.
+
+    Workers run a handler in one of two ways. --handler (built-ins, or a worker file loaded
+    into this process with a stand-in runpod module; its workers are threads) is light and
+    needs no SDK. --worker "python worker.py" starts each worker as its own process with
+    the environment RunPod gives a worker, so the worker's own runpod SDK runs its real loop
+    against this endpoint: streaming, concurrency_modifier, refresh_worker, progress
+    updates, cancel and timeouts as on RunPod, real start-up times and separate globals.
     """
     from rpq.errors import UsageError
     from rpq.local import HandlerLoadError, LocalEndpoint

@@ -141,6 +141,26 @@ class EndpointConfig:
     max_body_runsync: int = 20 * MB
     log_requests: bool = option("--log-requests", default=False,
                                 help="One line per request on stderr.")
+    # Worker processes (workers.py): each worker is a process started from worker_command.
+    worker_command: str | None = option(
+        "--worker", default=None, metavar="COMMAND", group=WORKERS,
+        help="Run each worker as a process started from COMMAND (e.g. \"python worker.py\"), "
+        "with RunPod's worker environment: the worker's own runpod SDK runs its real loop "
+        "against this endpoint. Replaces --handler.")
+    worker_log_dir: str | None = option(
+        "--worker-logs", default=None, metavar="DIR", group=WORKERS,
+        help="With --worker: write each worker's output to DIR/<worker id>.log instead of "
+        "stderr.")
+    stop_grace: float = option(
+        "--stop-grace", default=5.0, metavar="SECONDS", group=WORKERS,
+        help="Seconds a stopped worker or a cancelled handler has before it is killed.")
+    ping_interval: float = option(
+        "--ping-interval", default=10.0, metavar="SECONDS", group=WORKERS,
+        help="With --worker: seconds between heartbeats (RUNPOD_PING_INTERVAL); at least 1.")
+    heartbeat_timeout: float = 60.0
+    take_hold: float = 5.0
+    max_result: int = 20 * MB
+    max_chunk: int = 1 * MB
 
     def __post_init__(self) -> None:
         _check(bool(self.endpoint_id) and all(
@@ -164,6 +184,19 @@ class EndpointConfig:
         for name in ("webhook_attempts", "max_body_run", "max_body_runsync"):
             value = getattr(self, name)
             _check(_is_int(value) and value >= 1, name, "must be an int >= 1")
+        _check(_is_number(self.ping_interval) and self.ping_interval >= 1, "ping_interval",
+               "must be at least 1 second (the SDK counts whole seconds)")
+        for name in ("heartbeat_timeout", "take_hold"):
+            _check(_is_number(getattr(self, name)) and getattr(self, name) > 0, name,
+                   "must be a number > 0")
+        _check(_is_number(self.stop_grace) and self.stop_grace >= 0, "stop_grace",
+               "must be a number >= 0")
+        for name in ("max_result", "max_chunk"):
+            _check(_is_int(getattr(self, name)) and getattr(self, name) >= 1, name,
+                   "must be an int >= 1")
+        if self.worker_command is not None:
+            _check(bool(self.worker_command.strip()), "worker_command",
+                   "is empty; give the command that starts a worker, e.g. \"python worker.py\"")
         self.process_range()
         if self.rate_limits is not None:
             for op, limit in self.rate_limits.items():

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import copy
 import heapq
 import json
 import logging
 import math
+import sys
 import threading
 import time
 import urllib.error
@@ -19,7 +19,7 @@ from typing import Any
 
 from rpq.local.config import EndpointConfig
 from rpq.local.faults import FaultDice, parse_faults
-from rpq.local.handlers import Handler, Outcome, call_handler, runpod_error
+from rpq.local.handlers import Handler
 
 log = logging.getLogger("rpq.serve")
 
@@ -124,7 +124,7 @@ class Fleet:
         self._queue: deque[Job] = deque()
         self._scalable = 0  # queued jobs allowed to trigger scale-up (not lowPriority)
         self._workers: list[_Worker] = []
-        self._heap: list[tuple[float, int, str, Job, int]] = []
+        self._heap: list[tuple[float, int, str, Any, Any]] = []
         self._heap_seq = 0
         self._seq = 0
         self._in_queue = 0
@@ -136,7 +136,8 @@ class Fleet:
 
     # ---- lifecycle ---------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, worker_base_url: str = "") -> None:
+        """Start the timers and the always-on workers; worker_base_url is where workers call."""
         self._housekeeper = threading.Thread(
             target=self._housekeep, name="rpq-serve-housekeeper", daemon=True
         )
@@ -275,6 +276,7 @@ class Fleet:
                 self._unqueue_locked(job)
             elif job.status == IN_PROGRESS:
                 self._in_progress -= 1
+                self._abandon_locked(job)
             else:
                 return {"id": job.id, "status": job.status}
             job.attempt += 1  # a later result from the handler is discarded
@@ -439,6 +441,7 @@ class Fleet:
             self._unqueue_locked(job)
         elif job.status == IN_PROGRESS:
             self._in_progress -= 1
+            self._abandon_locked(job)
             job.attempt += 1
         job.deleted = True
         # Heap entries may still point at the job until its ttl; keep only a small husk.
@@ -466,13 +469,20 @@ class Fleet:
 
     def _time_out_locked(self, job: Job, now: float) -> None:
         self._in_progress -= 1
+        self._abandon_locked(job)
         job.attempt += 1
         job.error = f"job exceeded its execution timeout of {int(job.execution_timeout * 1000)} ms"
         self._finish_locked(job, TIMED_OUT, now)
 
-    def _push_locked(self, when: float, kind: str, job: Job, token: int) -> None:
+    def _abandon_locked(self, job: Job) -> None:
+        """Hook: a running job's result is no longer wanted (cancel, timeout, expiry)."""
+
+    def _on_timer_locked(self, kind: str, subject: Any, token: Any, now: float) -> None:
+        """Hook: a timer pushed by a subclass is due."""
+
+    def _push_locked(self, when: float, kind: str, subject: Any, token: Any) -> None:
         self._heap_seq += 1
-        heapq.heappush(self._heap, (when, self._heap_seq, kind, job, token))
+        heapq.heappush(self._heap, (when, self._heap_seq, kind, subject, token))
         if self._heap[0][1] == self._heap_seq:
             self._timer.notify()
 
@@ -482,6 +492,9 @@ class Fleet:
                 now = self._clock()
                 while self._heap and self._heap[0][0] <= now:
                     _, _, kind, job, token = heapq.heappop(self._heap)
+                    if kind not in ("expire", "timeout"):
+                        self._on_timer_locked(kind, job, token, now)
+                        continue
                     if job.deleted:
                         continue
                     if kind == "expire" and job.gone_at <= now:
@@ -514,131 +527,32 @@ class Fleet:
             alive += 1
 
     def _spawn_locked(self, *, always_on: bool) -> None:
-        worker = _Worker(id=self.dice.token(14), always_on=always_on)
-        self._workers.append(worker)
-        threading.Thread(
-            target=self._worker_main, args=(worker,), name=f"rpq-worker-{worker.id}", daemon=True
-        ).start()
+        """Start one worker (a thread in threads.py, a process in workers.py)."""
+        raise NotImplementedError
 
     def _remove_worker_locked(self, worker: _Worker) -> None:
         if worker in self._workers:
             self._workers.remove(worker)
         self._scale_locked()
 
-    def _worker_main(self, worker: _Worker) -> None:
-        try:
-            if self.config.cold_start > 0 and self._stop.wait(self.config.cold_start):
-                return
-            while True:
-                with self._lock:
-                    worker.state = WAITING
-                    job = self._next_job_locked(worker)
-                    if job is None:
-                        return
-                    token = job.attempt
-                if not self._execute(worker, job, token):
-                    return
-        except Exception:
-            log.exception("worker %s stopped on an internal error", worker.id)
-        finally:
-            with self._lock:
-                self._remove_worker_locked(worker)
-
-    def _next_job_locked(self, worker: _Worker) -> Job | None:
-        deadline = None if worker.always_on else self._clock() + self.config.idle_timeout
-        while not self._stopping:
-            if self._queue and not self._paused:
-                job = self._queue.popleft()
-                if not job.low_priority:
-                    self._scalable -= 1
-                now = self._clock()
-                job.status = IN_PROGRESS
-                job.started = now
-                job.attempt += 1
-                job.worker_id = worker.id
-                job.timeout_at = now + job.execution_timeout
-                job.rev += 1
-                self._in_queue -= 1
-                self._in_progress += 1
-                worker.state = RUNNING
-                self._push_locked(job.timeout_at, "timeout", job, job.attempt)
-                self._changed.notify_all()
-                self._scale_locked()
-                return job
-            if deadline is None:
-                self._work.wait()
-                continue
-            remaining = deadline - self._clock()
-            if remaining <= 0:
-                return None
-            self._work.wait(remaining)
-        return None
-
-    def _execute(self, worker: _Worker, job: Job, token: int) -> bool:
-        """Run one job; False when the worker crashed and must leave."""
-        rng = self.dice.job_rng(job.seq, token)
-        fault = self.dice.job_fault(rng, ("fail", "crash"))
-        lo, hi = self._process
-        extra = rng.uniform(lo, hi) if hi > 0 else 0.0
-        outcome: Outcome
-        if fault is None:
-            payload: dict[str, Any] = {"id": job.id, "input": copy.deepcopy(job.input)}
-            if job.s3_config is not None:
-                payload["s3Config"] = copy.deepcopy(job.s3_config)
-            outcome = call_handler(
-                self.handler.func,
-                payload,
-                worker_id=worker.id,
-                on_chunk=lambda chunk: self._on_chunk(job, token, chunk),
-                on_progress=lambda value: self._on_progress(job, token, value),
-                stop=self._stop,
-            )
-        else:
-            what = "worker crashed" if fault == "crash" else "handler failed"
-            message = f"injected fault: the {what}"
-            outcome = Outcome(
-                ok=False,
-                error=runpod_error(
-                    "<class 'RuntimeError'>",
-                    message,
-                    f"Traceback (most recent call last):\nRuntimeError: {message}\n",
-                    worker.id,
-                ),
-            )
-        if extra > 0 and self._stop.wait(extra):
-            return False
-        with self._lock:
-            current = job.attempt == token and job.status == IN_PROGRESS and not job.deleted
-            if fault == "crash":
-                worker.state = UNHEALTHY
-                if current:
-                    self._in_progress -= 1
-                    self._requeue_locked(job, self._clock(), front=True)
-                else:
-                    self._scale_locked()
-            elif current:
-                self._in_progress -= 1
-                job.output = outcome.output
-                job.error = outcome.error
-                self._finish_locked(job, COMPLETED if outcome.ok else FAILED, self._clock())
-        if fault == "crash":
-            self._stop.wait(self.config.crash_downtime)
-            return False
-        return True
-
-    def _on_chunk(self, job: Job, token: int, chunk: Any) -> None:
-        with self._lock:
-            if job.attempt == token and job.status == IN_PROGRESS:
-                job.streamed = True
-                job.chunks.append(chunk)
-                self._changed.notify_all()
-
-    def _on_progress(self, job: Job, token: int, value: Any) -> None:
-        with self._lock:
-            if job.attempt == token and job.status == IN_PROGRESS:
-                job.output = value
-                job.rev += 1
-                self._changed.notify_all()
+    def _pop_job_locked(self, worker: _Worker) -> Job:
+        """Give the job at the head of the queue to worker; the queue must not be empty."""
+        job = self._queue.popleft()
+        if not job.low_priority:
+            self._scalable -= 1
+        now = self._clock()
+        job.status = IN_PROGRESS
+        job.started = now
+        job.attempt += 1
+        job.worker_id = worker.id
+        job.timeout_at = now + job.execution_timeout
+        job.rev += 1
+        self._in_queue -= 1
+        self._in_progress += 1
+        worker.state = RUNNING
+        self._push_locked(job.timeout_at, "timeout", job, job.attempt)
+        self._changed.notify_all()
+        return job
 
     # ---- webhooks ----------------------------------------------------------------------
 
@@ -666,6 +580,12 @@ class Fleet:
                         return
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 log.debug("webhook %s attempt %d failed: %s", url, attempt + 1, exc)
+
+
+def note(message: str) -> None:
+    """A line for the person running rpq serve."""
+    sys.stderr.write(f"rpq serve: {message}\n")
+    sys.stderr.flush()
 
 
 def _dumps(doc: Any) -> bytes:

@@ -18,8 +18,8 @@ import threading
 import time
 import traceback
 import types
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,19 +34,51 @@ class HandlerLoadError(ValueError):
 
 @dataclass(frozen=True)
 class Handler:
-    """A resolved handler and a name for messages."""
+    """A resolved handler, a name for messages, and the options of its start() call."""
 
     func: HandlerFunc
     name: str
+    aggregate: bool = False  # return_aggregate_stream
+    refresh: bool = False  # refresh_worker: a new worker after every job
+    concurrency: Callable[[int], int] | None = None  # concurrency_modifier
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What one handler call produced, already mapped the way runpod-python maps it."""
+    """What one handler call produced, already mapped the way runpod-python maps it.
+
+    size: characters of the output as JSON; refresh: the worker must be replaced.
+    """
 
     ok: bool
     output: Any = None
     error: str | None = None
+    refresh: bool = False
+    size: int = 0
+
+
+class Stopper:
+    """Stops a running handler as the SDK's job-stop does: an async handler's task is
+    cancelled, a generator is not read any further; plain sync code runs on."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stop: Callable[[], None] | None = None
+        self.requested = False
+
+    def attach(self, stop: Callable[[], None]) -> None:
+        with self._lock:
+            self._stop = stop
+            requested = self.requested
+        if requested:
+            stop()
+
+    def request(self) -> None:
+        with self._lock:
+            self.requested = True
+            stop = self._stop
+        if stop is not None:
+            stop()
 
 
 # Where progress_update() sends a payload: job id -> sink. Job ids are uuids, so one
@@ -95,31 +127,33 @@ def call_handler(
     on_chunk: Callable[[Any], None],
     on_progress: Callable[[Any], None],
     stop: threading.Event,
+    aggregate: bool = False,
+    stopper: Stopper | None = None,
 ) -> Outcome:
     """Run one job the way runpod-python's worker does and map the result.
 
-    Generators stream each chunk to `on_chunk` and the output is the list of chunks.
-    A dict with a truthy "error" fails the job; the rest of the dict becomes the output.
+    Generators stream each chunk to `on_chunk`; the output is the list of chunks with
+    `aggregate` (return_aggregate_stream), else []. A chunk {"error": ...} ends the stream
+    and fails the job. A dict with a truthy "error" fails the job; the rest of the dict
+    becomes the output.
     """
     job_id = str(job["id"])
     _progress_sinks[job_id] = on_progress
     _local.stop = stop
+    stopper = stopper or Stopper()
     try:
         result = func(job)
         if inspect.isawaitable(result):
-            result = _run_coroutine(result)
-        if inspect.isgenerator(result):
-            chunks = []
-            for chunk in result:
-                on_chunk(chunk)
-                chunks.append(chunk)
-            result = chunks
-        elif inspect.isasyncgen(result):
-            result = _drain_async_gen(result, on_chunk)
+            result = _run_coroutine(result, stopper)
+        if inspect.isgenerator(result) or inspect.isasyncgen(result):
+            return _stream(result, on_chunk, aggregate, stopper)
         outcome = _map_result(result)
         if outcome.output is not None:
-            json.dumps(outcome.output)  # fail here, not when a client asks for it
+            # Fails here, not when a client asks for it; the size is checked against limits.
+            outcome = replace(outcome, size=len(json.dumps(outcome.output)))
         return outcome
+    except asyncio.CancelledError:
+        return Outcome(ok=False, error="the job was stopped")
     except (Exception, SystemExit) as exc:  # a worker survives sys.exit() in a handler
         return Outcome(
             ok=False,
@@ -130,41 +164,90 @@ def call_handler(
         _local.stop = None
 
 
-def _run_coroutine(awaitable: Any) -> Any:
+def _run_coroutine(awaitable: Any, stopper: Stopper) -> Any:
     async def wrap() -> Any:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        if task is not None:
+
+            def cancel() -> None:
+                with contextlib.suppress(RuntimeError):  # the loop has already ended
+                    loop.call_soon_threadsafe(task.cancel)
+
+            stopper.attach(cancel)
         return await awaitable
 
     return asyncio.run(wrap())
 
 
-def _drain_async_gen(agen: Any, on_chunk: Callable[[Any], None]) -> list[Any]:
+def _stream(
+    result: Any, on_chunk: Callable[[Any], None], aggregate: bool, stopper: Stopper
+) -> Outcome:
+    """Read a generator's chunks as runpod-python's handle_job does."""
     chunks: list[Any] = []
+    try:
+        for chunk in _chunks(result):
+            if stopper.requested:
+                return Outcome(ok=False, error="the job was stopped")
+            if isinstance(chunk, dict) and chunk.get("error"):
+                return Outcome(ok=False, error=str(chunk["error"]))
+            json.dumps(chunk)
+            on_chunk(chunk)
+            if aggregate:
+                chunks.append(chunk)
+    except Exception as exc:
+        # The SDK's own wording for a generator that raises.
+        return Outcome(ok=False, error=f"handler: {exc} \ntraceback: {traceback.format_exc()}")
+    return Outcome(ok=True, output=chunks, size=len(json.dumps(chunks)))
+
+
+def _chunks(result: Any) -> Iterator[Any]:
+    if inspect.isgenerator(result):
+        try:
+            yield from result
+        finally:
+            result.close()
+        return
     loop = asyncio.new_event_loop()
     try:
         while True:
             try:
-                chunk = loop.run_until_complete(agen.__anext__())
+                yield loop.run_until_complete(result.__anext__())
             except StopAsyncIteration:
                 break
-            on_chunk(chunk)
-            chunks.append(chunk)
-        loop.run_until_complete(loop.shutdown_asyncgens())
     finally:
+        loop.run_until_complete(result.aclose())
+        loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
-    return chunks
 
 
 def _map_result(result: Any) -> Outcome:
     if isinstance(result, dict):
         rest = dict(result)  # the handler may reuse its dict; popping must not touch it
         error = rest.pop("error", None)
-        rest.pop("refresh_worker", None)
+        refresh = bool(rest.pop("refresh_worker", None))
         output = rest or None
         if error:
             message = error if isinstance(error, str) else json.dumps(error)
-            return Outcome(ok=False, output=output, error=message)
-        return Outcome(ok=True, output=output)
+            return Outcome(ok=False, output=output, error=message, refresh=refresh)
+        return Outcome(ok=True, output=output, refresh=refresh)
     return Outcome(ok=True, output=result)
+
+
+def split_chunk(chunk: Any, limit: int) -> list[Any]:
+    """A text chunk over `limit` UTF-8 bytes becomes several, as RunPod's /stream does."""
+    if not isinstance(chunk, str) or len(chunk) * 4 <= limit:
+        return [chunk]
+    data = chunk.encode("utf-8")
+    parts: list[Any] = []
+    start = 0
+    while start < len(data):
+        end = min(start + limit, len(data))
+        while end < len(data) and (data[end] & 0xC0) == 0x80:
+            end -= 1  # never cut a character in two
+        parts.append(data[start:end].decode("utf-8"))
+        start = end
+    return parts
 
 
 # ---- built-in handlers ---------------------------------------------------------------
@@ -266,7 +349,15 @@ def resolve_handler(spec: str | HandlerFunc) -> Handler:
             )
         return Handler(func=func, name=f"{path}:{func_name}")
     if module.started is not None:
-        return Handler(func=module.started, name=str(path))
+        options = module.options
+        modifier = options.get("concurrency_modifier")
+        return Handler(
+            func=module.started,
+            name=str(path),
+            aggregate=bool(options.get("return_aggregate_stream")),
+            refresh=bool(options.get("refresh_worker")),
+            concurrency=modifier if callable(modifier) else None,
+        )
     fallback = getattr(module.module, "handler", None)
     if callable(fallback):
         return Handler(func=fallback, name=f"{path}:handler")
@@ -293,6 +384,7 @@ def _split_spec(spec: str) -> tuple[str, str | None]:
 class _Loaded:
     module: types.ModuleType
     started: HandlerFunc | None
+    options: dict[str, Any]
 
 
 def _import_worker_file(path: Path) -> _Loaded:
@@ -303,9 +395,14 @@ def _import_worker_file(path: Path) -> _Loaded:
     if spec is None or spec.loader is None:
         raise HandlerLoadError(f"handler file {path} cannot be imported as Python")
     module = importlib.util.module_from_spec(spec)
-    captured: dict[str, HandlerFunc] = {}
+    captured: dict[str, Any] = {}
     stand_in = _runpod_stand_in(captured, path)
-    saved = {key: sys.modules.get(key) for key in ("runpod", "runpod.serverless")}
+    # The real SDK's modules, if this process has imported them, are hidden meanwhile: the
+    # stand-in must be all the file sees, whatever was imported before.
+    saved = {key: sys.modules.pop(key, None) for key in list(sys.modules)
+             if key == "runpod" or key.startswith("runpod.")}
+    for key in ("runpod", "runpod.serverless"):
+        saved.setdefault(key, None)
     sys.modules["runpod"] = stand_in
     sys.modules["runpod.serverless"] = stand_in.serverless
     # Registered so dataclasses and pickling inside the worker file find their module.
@@ -320,10 +417,10 @@ def _import_worker_file(path: Path) -> _Loaded:
         sys.modules.pop(name, None)
         if (exc.name or "").startswith("runpod."):
             raise HandlerLoadError(
-                f"handler file {path} imports {exc.name}, which rpq serve does not provide: "
-                f"it stands in for runpod.serverless.start, progress_update and RunPodLogger "
-                f"only; import other runpod modules inside the handler, or name a function "
-                f"with {path}:FUNCTION in a file that does not need them"
+                f"handler file {path} imports {exc.name}, which rpq serve does not provide "
+                f"in-process (--handler stands in for runpod.serverless.start, "
+                f"progress_update and RunPodLogger only); run it as a real worker process "
+                f"with the runpod SDK instead: rpq serve --worker \"python {path}\""
             ) from None
         raise HandlerLoadError(
             f"handler file {path} failed to import: {type(exc).__name__}: {exc}"
@@ -341,10 +438,12 @@ def _import_worker_file(path: Path) -> _Loaded:
                 sys.modules.pop(key, None)
             else:
                 sys.modules[key] = value
-    return _Loaded(module=module, started=captured.get("handler"))
+    return _Loaded(
+        module=module, started=captured.get("handler"), options=captured.get("options", {})
+    )
 
 
-def _runpod_stand_in(captured: dict[str, HandlerFunc], path: Path) -> Any:
+def _runpod_stand_in(captured: dict[str, Any], path: Path) -> Any:
     """A minimal `runpod` module so worker files import and register their handler."""
     runpod = types.ModuleType("runpod")
     runpod.__path__ = []  # a package, so `import runpod.serverless` resolves
@@ -359,6 +458,7 @@ def _runpod_stand_in(captured: dict[str, HandlerFunc], path: Path) -> Any:
                 f"'handler' in its config"
             )
         captured["handler"] = handler
+        captured["options"] = dict(config)
 
     serverless.start = start  # type: ignore[attr-defined]
     serverless.progress_update = progress_update  # type: ignore[attr-defined]

@@ -30,7 +30,8 @@ from rpq.local.fleet import (
     JobRequest,
     _dumps,
 )
-from rpq.local.handlers import resolve_handler
+from rpq.local.worker_routes import WORKER_OPS, WorkerCall, answer_worker
+from rpq.local.workers import make_fleet, worker_base_url
 
 log = logging.getLogger("rpq.serve")
 
@@ -49,6 +50,8 @@ ROUTES: dict[str, tuple[tuple[str, ...], bool]] = {
 # Bodies up to this size are read and thrown away before an early error answer, so the
 # client sees the answer and the connection stays usable.
 DRAIN_LIMIT = 128 * 1024 * 1024
+# How long a connection answered early (413) keeps reading the rest of the body.
+LINGER_SECONDS = 5.0
 _JOB_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 _PHRASES = {s.value: s.phrase for s in HTTPStatus}
 
@@ -217,8 +220,12 @@ class _RequestHandler(BaseHTTPRequestHandler):
             try:
                 self._handle(ep)
             except _Answer as answer:
+                if answer.status == 413:
+                    self.close_connection = True  # answer first, then read what still comes
                 self._finish_body()
                 self._send(answer.status, {"error": answer.message}, answer.headers)
+                if answer.status == 413:
+                    self._linger()
         except _Drop:
             self.close_connection = True
         except OSError:  # the client went away
@@ -241,6 +248,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
         parts = path.split("/")
         if len(parts) > 4 and parts[-1] == "":
             parts.pop()  # tolerate one trailing slash
+        if len(parts) > 4 and parts[:2] == ["", "v2"] and parts[3] in WORKER_OPS:
+            self._worker_route(ep, parts, query)
+            return
         if len(parts) < 4 or parts[0] != "" or parts[1] != "v2" or parts[3] not in ROUTES:
             raise _Answer(404, f"no route {path}; the API is /v2/{{endpoint_id}}/{{operation}}")
         op = parts[3]
@@ -286,6 +296,32 @@ class _RequestHandler(BaseHTTPRequestHandler):
         if op not in ("run", "runsync"):
             self._finish_body()
         getattr(self, "_op_" + op.replace("-", "_"))(ep, job_id, query)
+
+    def _worker_route(self, ep: LocalEndpoint, parts: list[str], query: str) -> None:
+        call = WorkerCall(
+            op=parts[3],
+            method=self.command,
+            ids=tuple(unquote(p) for p in parts[4:]),
+            query=query,
+            authorization=self.headers.get("Authorization"),
+        )
+        status, doc = answer_worker(
+            ep.fleet, call, self._worker_body, endpoint_ok=unquote(parts[2]) == ep.endpoint_id
+        )
+        self._finish_body()
+        if doc is None:
+            self._send_bytes(status, b"")
+        else:
+            self._send(status, doc)
+
+    def _worker_body(self, limit: int) -> bytes | None:
+        try:
+            return self._read_body(limit)
+        except _Answer as answer:
+            if answer.status != 413:
+                raise
+            self._body_done = self.close_connection
+            return None
 
     # ---- operations --------------------------------------------------------------------
 
@@ -428,6 +464,21 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 return
             remaining -= len(chunk)
 
+    def _linger(self) -> None:
+        """Read and drop what the client still sends after an early answer, then close.
+
+        Closing a socket with unread data resets the connection, and a client still
+        writing its body would see "broken pipe" instead of the answer it was sent.
+        """
+        with contextlib.suppress(OSError):
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + LINGER_SECONDS
+            while (remaining := deadline - time.monotonic()) > 0:
+                self.connection.settimeout(remaining)
+                if not self.connection.recv(1 << 16):
+                    break
+
     # ---- answers -----------------------------------------------------------------------
 
     def _send(self, status: int, doc: Any, headers: tuple[tuple[str, str], ...] = ()) -> None:
@@ -493,7 +544,7 @@ class LocalEndpoint:
                 f"RPQ_SERVE_API_KEY), or listen on 127.0.0.1"
             )
         self._key = None if api_key is None else api_key.encode("utf-8")
-        self._fleet = Fleet(self.config, resolve_handler(self.config.handler))
+        self._fleet: Fleet = make_fleet(self.config)
         self._limiter = RateLimiter(self.config.limits(), self.config.rate_window)
         self._calls = dict.fromkeys(OPS, 0)
         self._calls_lock = threading.Lock()
@@ -511,7 +562,7 @@ class LocalEndpoint:
         if self._server is not None:
             raise RuntimeError("this LocalEndpoint is already started")
         self._server = _Server((self.config.host, self.config.port), self)
-        self._fleet.start()
+        self._fleet.start(worker_base_url(self.config.host, self.port))
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.02},
