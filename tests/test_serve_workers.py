@@ -469,3 +469,18 @@ def test_rpq_serve_worker_on_the_command_line(tmp_path: Path) -> None:
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+@pytest.mark.parametrize(
+    ("command", "words"),
+    [("", "--worker is empty"), ("no-such-program-xyz w.py", "not a program"),
+     ("python 'unclosed", "cannot be parsed")],
+)
+def test_bad_worker_commands_are_refused_at_start(command: str, words: str) -> None:
+    from typer.testing import CliRunner
+
+    from rpq.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--port", "0", "--worker", command])
+    assert result.exit_code == 2
+    assert words in result.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +28,11 @@ def split_command(command: str) -> list[str]:
     if not argv:
         raise WorkerCommandError(
             '--worker needs a command that starts a runpod worker, e.g. "python worker.py"'
+        )
+    if shutil.which(argv[0]) is None:
+        raise WorkerCommandError(
+            f"--worker {command!r}: {argv[0]!r} is not a program on PATH nor a path to one; "
+            f"give the command that starts a worker, e.g. \"python worker.py\""
         )
     return argv
 
