@@ -24,7 +24,7 @@ pytest.importorskip("runpod")
 # Short SDK timings so no test waits for a default interval.
 FAST: dict[str, Any] = {
     "ping_interval": 1.0,
-    "heartbeat_timeout": 6.0,
+    "heartbeat_timeout": 15.0,
     "stop_grace": 1.0,
     "take_hold": 2.0,
     "idle_timeout": 60.0,
@@ -362,7 +362,7 @@ def test_worker_crash_mid_job_requeues_and_restarts(
 def test_missed_heartbeats_mark_the_worker_unhealthy(
     http: requests.Session, workers: Workers
 ) -> None:
-    ep = workers(ECHO, workers_max=1, heartbeat_timeout=2.5)
+    ep = workers(ECHO, workers_max=1, heartbeat_timeout=4.0)
     pid = finished(http, ep, run(http, ep, {}))["output"]["pid"]
     os.killpg(pid, signal.SIGSTOP)  # a frozen worker: no pings, no job-takes
     job_id = run(http, ep, {"n": 1})
