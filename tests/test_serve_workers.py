@@ -430,6 +430,72 @@ def _alive(pid: int) -> bool:
         return False
 
 
+PLAIN_WORKER = """
+    # A worker without the SDK: the routes and environment are the whole contract.
+    import json, os, sys, urllib.error, urllib.request
+
+    env = os.environ
+    take = env["RUNPOD_WEBHOOK_GET_JOB"]
+
+    def call(url, data=None, key=env["RUNPOD_AI_API_KEY"], method=None):
+        req = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Authorization": key})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    batch = take.replace("/job-take/", "/job-take-batch/") + "&batch_size=2&job_in_progress=0"
+    jobs = []
+    while len(jobs) < 2:
+        status, body = call(batch)
+        if status == 200:
+            jobs += json.loads(body)
+    done = env["RUNPOD_WEBHOOK_POST_OUTPUT"].replace("$ID", jobs[0]["id"]) + "&isStream=false"
+    call(done, json.dumps({"output": {"got": len(jobs)}}).encode())
+    report = {
+        "inputs": sorted(j["input"]["n"] for j in jobs),
+        "wrong_key": call(take + "&job_in_progress=1", key="nope")[0],
+        "wrong_method": call(take + "&job_in_progress=1", data=b"", method="POST")[0],
+        "bad_batch": call(batch.replace("batch_size=2", "batch_size=x"))[0],
+        "unknown_worker": call(take.replace(env["RUNPOD_POD_ID"], "someone-else"))[0],
+    }
+    while True:
+        status, body = call(take.replace("/job-take/", "/job-stop/"))
+        if status == 200:
+            report["stop"] = json.loads(body)["jobsToStop"]
+            break
+    with open(sys.argv[1] + ".tmp", "w") as f:
+        json.dump(report, f)
+    os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+"""
+
+
+def test_the_worker_contract_without_the_sdk(
+    http: requests.Session, tmp_path: Path
+) -> None:
+    path = tmp_path / "plain_worker.py"
+    path.write_text(textwrap.dedent(PLAIN_WORKER))
+    report = tmp_path / "report.json"
+    ep = LocalEndpoint(worker_command=f"{sys.executable} {path} {report}",
+                       **{**FAST, "workers_max": 1}).start()
+    try:
+        ep.pause()
+        first, second = run(http, ep, {"n": 1}), run(http, ep, {"n": 2})
+        ep.resume()
+        assert finished(http, ep, first)["output"] == {"got": 2}  # one batch took both
+        assert status(http, ep, second)["status"] == "IN_PROGRESS"
+        http.post(f"{ep.url}/cancel/{second}", timeout=5)
+        wait_for(report.exists, timeout=START, message="the worker's report")
+        assert json.loads(report.read_text()) == {
+            "inputs": [1, 2], "wrong_key": 401, "wrong_method": 405, "bad_batch": 400,
+            "unknown_worker": 404, "stop": [second],
+        }
+    finally:
+        ep.stop()
+
+
 def test_rpq_serve_worker_on_the_command_line(tmp_path: Path) -> None:
     import subprocess
 
