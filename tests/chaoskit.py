@@ -419,63 +419,74 @@ def shared_folder() -> Iterator[Path]:
         shutil.rmtree(path)
 
 
-def as_nobody_in_a_fork(argv: list[str], env: dict[str, str], log: Path,
-                        timeout: float = 60) -> int:
-    """Run the CLI in a forked child, as the unprivileged user `nobody` when we are root (root
-    ignores file modes); the parent's threads (an endpoint) keep serving. Every module the
-    run needs must be imported already: the child cannot read root's files. Returns the exit
-    code; stdout and stderr go to `log`."""
-    import rpq.cli
-
+def in_a_fork_as_nobody(work: Callable[[], Any], *, log: Path | None = None,
+                        timeout: float = 60) -> Any:
+    """Run `work` in a forked child, as the unprivileged user `nobody` when we are root (root
+    ignores file modes), and return what it returned (anything JSON can carry). The parent's
+    threads (an endpoint) keep serving. Every module the child needs must be imported
+    already: it cannot read root's files. With `log`, the child's stdout and stderr go there.
+    An exception in the child, or a child that does not end in time, fails the test."""
     read_end, write_end = os.pipe()
     with warnings.catch_warnings():
-        # Python >= 3.12 warns about fork() with threads; the child runs only the CLI.
+        # Python >= 3.12 warns about fork() with threads; the child runs only `work`.
         warnings.simplefilter("ignore", DeprecationWarning)
         pid = os.fork()
     if pid == 0:  # child: never return into pytest
-        code = 70
+        said = {"error": "the child ended early"}
         try:
             os.close(read_end)
-            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
+            if log is not None:  # opened while still root: nobody may not create files here
+                fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                os.dup2(fd, 1)
+                os.dup2(fd, 2)
             if os.geteuid() == 0:
                 os.setgroups([])
                 os.setgid(NOBODY)
                 os.setuid(NOBODY)
-            os.environ.update(env)
-            sys.argv = ["rpq", *argv]
-            sys.stdout = io.TextIOWrapper(os.fdopen(1, "wb", buffering=0), write_through=True)
-            sys.stderr = io.TextIOWrapper(os.fdopen(2, "wb", buffering=0), write_through=True)
-            try:
-                rpq.cli.main()
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
+            said = {"result": work()}
         except BaseException:
-            traceback.print_exc()
+            said = {"error": traceback.format_exc()}
         finally:
-            os.write(write_end, str(code).encode())
-            os._exit(code)
+            os.write(write_end, json.dumps(said).encode())
+            os._exit(0)
     os.close(write_end)
-    status: list[int] = []
 
     def reaped() -> bool:
-        done, st = os.waitpid(pid, os.WNOHANG)
-        if done:
-            status.append(st)
-        return bool(done)
+        return os.waitpid(pid, os.WNOHANG)[0] != 0
 
     try:
-        wait_for(reaped, timeout=timeout, message="the unprivileged run to end")
+        wait_for(reaped, timeout=timeout, message="the unprivileged child to end")
     except AssertionError:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         raise
     finally:
         with os.fdopen(read_end) as pipe:
-            said = pipe.read()
-    return int(said) if said else os.waitstatus_to_exitcode(status[0])
+            answer = pipe.read()
+    said = json.loads(answer) if answer else {"error": "the child ended without an answer"}
+    assert "result" in said, said["error"]
+    return said["result"]
+
+
+def as_nobody_in_a_fork(argv: list[str], env: dict[str, str], log: Path,
+                        timeout: float = 60) -> int:
+    """Run the CLI with `argv` and `env` by in_a_fork_as_nobody; its exit code. Stdout and
+    stderr go to `log`."""
+    import rpq.cli
+
+    def run_cli() -> int:
+        os.environ.update(env)
+        sys.argv = ["rpq", *argv]
+        sys.stdout = io.TextIOWrapper(os.fdopen(1, "wb", buffering=0), write_through=True)
+        sys.stderr = io.TextIOWrapper(os.fdopen(2, "wb", buffering=0), write_through=True)
+        try:
+            rpq.cli.main()
+        except SystemExit as exc:
+            return exc.code if isinstance(exc.code, int) else 1
+        return 0
+
+    code: int = in_a_fork_as_nobody(run_cli, log=log, timeout=timeout)
+    return code
 
 
 # --- writes that fail -------------------------------------------------------------------------

@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
-import signal
 import struct
-import time
 import tracemalloc
-import warnings
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from chaoskit import shared_folder
+from chaoskit import in_a_fork_as_nobody, shared_folder
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image, ImageCms
@@ -346,39 +342,7 @@ def _probe_unreadable(root: Path) -> dict[str, object]:
     if os.geteuid() != 0:
         return _probe(root)
     Image.init()  # import every plugin now: the child must not need the import lock
-    read_end, write_end = os.pipe()
-    with warnings.catch_warnings():
-        # Python >= 3.12 warns about fork() when other threads exist; the child only runs
-        # this module's code and leaves with os._exit().
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:  # child: never return into pytest
-        status = 1
-        try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            payload = json.dumps(_probe(root))
-            status = 0
-        except BaseException as exc:
-            payload = json.dumps({"error": repr(exc)})
-        finally:
-            with os.fdopen(write_end, "w") as pipe:
-                pipe.write(payload)
-            os._exit(status)
-    os.close(write_end)
-    deadline = time.monotonic() + 30
-    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail("unprivileged probe did not finish in 30 s")
-        time.sleep(0.01)
-    status = done[1]
-    with os.fdopen(read_end) as pipe:
-        result = json.loads(pipe.read())
-    assert status == 0, result
+    result: dict[str, object] = in_a_fork_as_nobody(lambda: _probe(root), timeout=30)
     return result
 
 
