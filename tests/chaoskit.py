@@ -66,6 +66,11 @@ class Outcome:
 # --- inputs -----------------------------------------------------------------------------------
 
 
+def _images(src: Path, count: int) -> dict[str, bytes]:
+    """`count` distinct images in `src`: file name -> the bytes sent."""
+    return {path.name: path.read_bytes() for path in make_images(src, count)}
+
+
 def count_http_faults(ep: LocalEndpoint) -> Counter[str]:
     """Count the HTTP faults the endpoint injects from now on (wraps its dice, test only)."""
     dice = ep._fleet.dice
@@ -106,7 +111,7 @@ def chaos_batch(work: Path, *, images: int, seed: int, faults: str = CHAOS_FAULT
     """One batch through every fault at once, then every invariant of the issue checked."""
     outcome = Outcome("chaos", seed, images)
     src, out = work / "in", work / "out"
-    sent = make_images(src, images)
+    sent = _images(src, images)
     ep = LocalEndpoint(handler="echo", workers_max=workers, cold_start=cold_start,
                        idle_timeout=idle_timeout, process_time=process_time, faults=faults,
                        slow_delay=slow_delay, seed=seed, rate_limits={}).start()
@@ -306,7 +311,7 @@ def kill_loop(work: Path, *, images: int, seed: int, kills: int = 20, workers: i
     outcome = Outcome("sigkill", seed, images)
     rng = random.Random(seed)
     src, out = work / "in", work / "out"
-    sent = make_images(src, images)
+    sent = _images(src, images)
     b64_to_name = {base64.b64encode(data).decode(): name for name, data in sent.items()}
     log = work / "rpq.log"
     ep = LocalEndpoint(handler="echo", workers_max=workers, process_time=process_time,
@@ -515,7 +520,7 @@ def failing_writes(work: Path, *, seed: int, small: int = 8, big: int = 4,
     outcome = Outcome("failing_writes", seed, small + big)
     check = outcome.check
     src, out = work / "in", work / "out"
-    images = make_images(src, small)
+    images = _images(src, small)
     bigs = {f"big_{i}.png": noise_png(src / f"big_{i}.png", 160, seed * 100 + i)
             for i in range(big)}
     images.update(bigs)
@@ -595,7 +600,7 @@ def restart_endpoint(work: Path, *, seed: int, images: int = 30) -> Outcome:
     log = work / "serve.log"
     server, port = _serve(0, log)
     src, out = work / "in", work / "out"
-    sent = make_images(src, images)
+    sent = _images(src, images)
     env = {**os.environ, "RUNPOD_ENDPOINT_BASE_URL": f"http://127.0.0.1:{port}/v2",
            "RUNPOD_ENDPOINT_ID": "local"}
     exe = Path(sys.executable).with_name("rpq")

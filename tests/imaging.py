@@ -28,11 +28,11 @@ def jpeg_bytes(seed: int, size: tuple[int, int] = (40, 40)) -> bytes:
 
 
 def make_images(folder: Path, count: int | Sequence[str], *, start: int = 0,
-                sub: str | None = None, size: tuple[int, int] = (48, 32)) -> dict[str, bytes]:
+                sub: str | None = None, size: tuple[int, int] = (48, 32)) -> list[Path]:
     """A folder of distinct PNGs: `count` of them named img_000.png, img_001.png, ... (numbered
     from `start`), or one per stem in `count`; in folder/sub if given.
 
-    Returns each file's path relative to `folder` (POSIX) -> its bytes.
+    Returns the paths, in order.
     """
     target = folder / sub if sub else folder
     target.mkdir(parents=True, exist_ok=True)
@@ -40,13 +40,12 @@ def make_images(folder: Path, count: int | Sequence[str], *, start: int = 0,
         stems = [f"img_{i:03d}" for i in range(start, start + count)]
     else:
         stems = list(count)
-    made = {}
+    paths = []
     for seed, stem in enumerate(stems, start=start):
-        data = png_bytes(seed, size)
         path = target / f"{stem}.png"
-        path.write_bytes(data)
-        made[path.relative_to(folder).as_posix()] = data
-    return made
+        path.write_bytes(png_bytes(seed, size))
+        paths.append(path)
+    return paths
 
 
 def decodes(image: Path | bytes) -> bool:

@@ -147,7 +147,7 @@ def test_output_folder_made_read_only_mid_run(shared_dir: Path, make_endpoint: A
     ep = make_endpoint(handler=handler, workers_max=8)
     src, out = shared_dir / "in", shared_dir / "out"
     names = ["early_0", "early_1", "early_2", "late_0", "late_1", "late_2"]
-    images = make_images(src, names)
+    images = {path.name: path.read_bytes() for path in make_images(src, names)}
     for name in images:
         (src / name).chmod(0o644)
     template = shared_dir / "t.json"
