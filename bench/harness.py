@@ -24,7 +24,7 @@ REPO = BENCH.parent
 PYTHON = Path(sys.executable)
 RPQ = PYTHON.with_name("rpq")
 ENDPOINT_ID = "bench"
-RSS_EVERY = 0.25  # seconds between VmRSS samples of a running client
+RSS_EVERY = 0.1  # seconds between VmRSS / VmHWM samples of a running client
 
 
 # ---- the machine -------------------------------------------------------------------------
@@ -222,11 +222,13 @@ def run_measured(cmd: list[str], env: dict[str, str], log: Path, timeout: float)
         waiter = threading.Thread(target=lambda: box.append(os.wait4(proc.pid, 0)), daemon=True)
         waiter.start()
         samples: list[tuple[float, float]] = []
+        high = 0.0
         deadline = start + timeout
         while not box and time.perf_counter() < deadline:
-            rss = _vm_rss_mb(proc.pid)
+            rss, hwm = _vm_mb(proc.pid)
             if rss is not None:
                 samples.append((time.time(), rss))
+            high = max(high, hwm or 0.0)
             waiter.join(min(RSS_EVERY, max(0.0, deadline - time.perf_counter())))
         if not box:
             os.kill(proc.pid, signal.SIGKILL)  # not proc.kill(): it would reap the child
@@ -239,20 +241,23 @@ def run_measured(cmd: list[str], env: dict[str, str], log: Path, timeout: float)
     _, status, usage = box[0]
     code = os.waitstatus_to_exitcode(status)
     proc.returncode = code  # reaped here, so Popen must not wait for it again
+    # wait4's ru_maxrss also counts what the child was before exec, a fork of this process
+    # (which may hold decoded photos): the child's own high-water mark says what it used.
     return Measured(code=code, wall=wall, start_wall=start_wall, end_wall=end_wall,
-                    max_rss_mb=usage.ru_maxrss / 1024, cpu_seconds=usage.ru_utime + usage.ru_stime,
-                    log=log, rss_samples=samples)
+                    max_rss_mb=high or usage.ru_maxrss / 1024,
+                    cpu_seconds=usage.ru_utime + usage.ru_stime, log=log, rss_samples=samples)
 
 
-def _vm_rss_mb(pid: int) -> float | None:
-    """Resident set size of a running process, from /proc (None once it is gone)."""
+def _vm_mb(pid: int) -> tuple[float | None, float | None]:
+    """(VmRSS, VmHWM) of a running process in MB, from /proc (None once it is gone)."""
+    found: dict[str, float] = {}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                found[line[:5]] = int(line.split()[1]) / 1024
     except (OSError, ValueError, IndexError):
-        return None
-    return None
+        return None, None
+    return found.get("VmRSS"), found.get("VmHWM")
 
 
 def rpq_batch(folder: Path, out: Path, env: dict[str, str], concurrency: int,
