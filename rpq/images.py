@@ -328,10 +328,11 @@ def prepare(
     """Read one image, check that it decodes, and re-encode it when `max_side` or `fmt` asks.
 
     With neither, the original bytes are sent untouched (still decoded once, to catch
-    truncated or corrupt files; a JPEG at 1/8 scale, see check_whole). With either, EXIF orientation is applied, the long side is
-    brought down to `max_side` (never up), metadata other than a still-valid ICC colour
-    profile is dropped, and the result is encoded as `fmt` ("png" | "jpeg" | "webp"; default:
-    png stays png, jpeg stays jpeg, anything else becomes png). Animated images keep only
+    truncated or corrupt files; a JPEG at 1/8 scale, see check_whole). With either, EXIF
+    orientation is applied, the long side is brought down to `max_side` (never up), metadata
+    other than a still-valid ICC colour profile is dropped, and the result is encoded as `fmt`
+    ("png" | "jpeg" | "webp"; default: png stays png, jpeg stays jpeg, anything else becomes
+    png). Animated images keep only
     their first frame when re-encoded. Raises InputError saying what is wrong and what to do
     (the caller names the file).
     """
