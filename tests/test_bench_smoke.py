@@ -36,7 +36,7 @@ def test_run_all_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
     results = json.loads((work / "results.json").read_text())
     scenarios = results["scenarios"]
-    assert sorted(scenarios) == ["1", "2", "3", "4", "5", "6", "7", "8", "9"]
+    assert sorted(scenarios, key=int) == [str(n) for n in range(1, 12)]
     for key, sc in scenarios.items():
         assert sc["rows"], f"scenario {key} produced no figures"
         for row in sc["rows"]:
@@ -62,6 +62,9 @@ def test_run_all_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert d8 and all(v["floor"] > 0 and v["per_image"] > 0 for v in d8.values())
     for case in "abc":
         assert all(run["completed"] == run["images"] for run in d9[case].values()), case
+    d10, d11 = scenarios["10"]["data"], scenarios["11"]["data"]
+    assert all(0 < s < 60 for s in d10["first_run_s"]) and d10["journal_mb"] > 0
+    assert d11["completed"] == 500 and d11["peak_rss_mb"] > 0
 
     text = markdown.read_text()
     assert text.startswith("# Benchmarks\n\n**Summary:** rpq ")
