@@ -24,7 +24,7 @@ from rpq.extract import OutputError, decode_worker_error
 from rpq.files import sweep_temp_files
 from rpq.guards import Alerter, Guards, GuardSettings, HaltRule
 from rpq.health import diagnose
-from rpq.images import ImageFile, Skipped, content_digest, discover, prepare
+from rpq.images import ImageFile, Prepared, Skipped, content_digest, discover, prepare
 from rpq.journal import JOURNAL_NAME, Entry, Journal, job_key
 from rpq.limiter import Limiters, Rate
 from rpq.listing import FileList, listed
@@ -32,6 +32,7 @@ from rpq.metrics import JobRecord, RunStats, load_metrics, write_metrics
 from rpq.poll import STARTED, Poller, PollResult, StallDetector, Timing
 from rpq.progress import Reporter, Tracker
 from rpq.settings import BatchSettings, check_base_url
+from rpq.storage import Bucket, BucketError, RemoteImage, fetched, remote_images, url_only
 from rpq.submit import Caller
 from rpq.template import RequestTemplate
 from rpq.write import ResultWriter
@@ -118,7 +119,7 @@ class Batch:
         self.s = settings
         self.reporter = reporter
         self.clock, self.wall, self.sleep = clock, wall, sleep
-        self._out_rel = _inside(settings.out, settings.root)
+        self._out_rel = None if settings.bucket_in else _inside(settings.out, settings.root)
         if self._out_rel == ".":
             raise UsageError(f"--out {settings.out} is the input folder: results named like "
                              "their inputs would replace them. Pass another folder.")
@@ -128,6 +129,12 @@ class Batch:
         )
         self.template = build_template(settings)
         self._files = FileList(settings.files_from) if settings.files_from else None
+        self.inputs = Bucket.at(settings.bucket_in, pool=settings.concurrency + 8) \
+            if settings.bucket_in else None
+        if self.template.needs_url and self.inputs is None:
+            raise UsageError("{{image_url}} needs the images in a bucket (rpq batch "
+                             "s3://BUCKET/PREFIX): a local file has no URL the worker could "
+                             "fetch. Use {{image_base64}} for a local folder.")
         if self.template.warning:
             reporter.message(f"warning: {self.template.warning}")
         self.policy = policy_of(settings)
@@ -151,6 +158,8 @@ class Batch:
         self.writer = ResultWriter(settings.out, self.client, output_key=settings.output_key,
                                    save_json=settings.save_json,
                                    download_max_bytes=settings.download_max_mb << 20)
+        if settings.bucket_out:
+            self.writer.store = Bucket.at(settings.bucket_out, pool=settings.concurrency + 8)
         alerter = Alerter(settings.alert_webhook, post_json, clock,
                           on_error=self.tracker.error) if settings.alert_webhook else None
         self.guards = Guards(GuardSettings(
@@ -198,6 +207,9 @@ class Batch:
 
     def check_endpoint(self) -> dict[str, Any]:
         """One /health before reading any image: 401/404/unreachable end the run here."""
+        for bucket in (self.inputs, self.writer.store):
+            if bucket is not None:
+                bucket.check()  # a missing bucket or refused key ends the run before any job
         health = self.client.health()
         workers = health.get("workers") if isinstance(health, dict) else None
         if isinstance(workers, dict):
@@ -223,16 +235,20 @@ class Batch:
             if isinstance(item, Skipped):
                 skipped.append({"file": item.rel, "reason": item.reason})
                 continue
-            info: dict[str, Any] = {"file": item.rel, "bytes": item.path.stat().st_size}
+            size = item.size if isinstance(item, RemoteImage) else item.path.stat().st_size
+            info: dict[str, Any] = {"file": item.rel, "bytes": size}
             try:
-                key = job_key(content_digest(item.path), self.fingerprint)
-                entry = journal.get(key) if journal else None
-                info["journal"] = entry.state if entry else "new"
-                if preview is None:
-                    prepared = prepare(item, max_side=self.s.max_side, fmt=self.s.fmt)
-                    preview = self.template.render_preview(prepared, policy=self.policy)
-                    info["request_bytes"] = self.template.body_size(prepared, policy=self.policy)
-            except InputError as exc:
+                with self._local(item) as local:
+                    key = job_key(self._digest(local), self.fingerprint)
+                    entry = journal.get(key) if journal else None
+                    info["journal"] = entry.state if entry else "new"
+                    if preview is None:
+                        prepared, url = self._prepare(local)
+                        preview = self.template.render_preview(prepared, policy=self.policy,
+                                                               url=url)
+                        info["request_bytes"] = self.template.body_size(
+                            prepared, policy=self.policy, url=url)
+            except (InputError, BucketError) as exc:
                 info["error"] = str(exc)
             images.append(info)
         return {"endpoint": self.client.url, "images": images, "skipped": skipped,
@@ -308,6 +324,9 @@ class Batch:
                 yield item
 
     def _source(self) -> Iterator[ImageFile | Skipped]:
+        if self.inputs is not None:
+            return remote_images(self.inputs, self.s.include, self.s.exclude,
+                                 by_url=not self.template.needs_bytes)
         if self._files is not None:
             return listed(self._files, self.s.root)
         return discover(self.s.root, self.s.include, self.s.exclude, self.s.recursive)
@@ -362,12 +381,39 @@ class Batch:
 
     # -- one image --------------------------------------------------------------------------
 
+    def _local(self, item: ImageFile) -> contextlib.AbstractContextManager[ImageFile]:
+        """The image with its bytes on this machine while a job needs them (bucket inputs)."""
+        if isinstance(item, RemoteImage) and self.inputs is not None and not item.fetched:
+            return fetched(self.inputs, item, need_bytes=self.template.needs_bytes)
+        return contextlib.nullcontext(item)
+
+    def _digest(self, item: ImageFile) -> str:
+        if isinstance(item, RemoteImage) and item.digest:
+            return item.digest  # known by key and ETag: only its URL is sent
+        return content_digest(item.path)
+
+    def _prepare(self, item: ImageFile) -> tuple[Prepared, str | None]:
+        """What the template needs: the prepared bytes, and/or a presigned URL."""
+        url = None
+        if self.template.needs_url and isinstance(item, RemoteImage) and self.inputs:
+            url = self.inputs.presign(item.rel, self.s.url_expiry)
+        if isinstance(item, RemoteImage) and not self.template.needs_bytes:
+            return url_only(item), url
+        return prepare(item, max_side=self.s.max_side, fmt=self.s.fmt), url
+
     def _one(self, item: ImageFile | Skipped) -> None:
         if isinstance(item, Skipped):
             self._record(None, self._bad_input(item.rel, item.reason))
             return
+        if isinstance(item, RemoteImage) and not item.fetched:
+            try:
+                with self._local(item) as local:
+                    self._one(local)
+            except BucketError as exc:
+                self._record(None, self._bad_input(item.rel, f"cannot read it: {exc}"))
+            return
         try:
-            digest = content_digest(item.path)
+            digest = self._digest(item)
         except OSError as exc:
             self._record(None, self._bad_input(item.rel, f"unreadable: {exc.strerror}"))
             return
@@ -412,8 +458,8 @@ class Batch:
             self._not_started()
             return
         try:
-            prepared = prepare(item, max_side=self.s.max_side, fmt=self.s.fmt)
-            body = self.template.render(prepared, policy=self.policy)
+            prepared, url = self._prepare(item)
+            body = self.template.render(prepared, policy=self.policy, url=url)
         except InputError as exc:
             self._record(key, self._bad_input(item.rel, str(exc)))
             return
@@ -625,7 +671,7 @@ class Batch:
 
     def _outputs_exist(self, entry: Entry) -> bool:
         outputs = (entry.record or {}).get("outputs") or []
-        return bool(outputs) and all((self.s.out / o).is_file() for o in outputs)
+        return bool(outputs) and all(self.writer.has(o) for o in outputs)
 
     def _reuse(self, rel: str, key: str) -> None:
         """Same content and settings as a job already done: reuse its result."""
@@ -745,8 +791,13 @@ class Batch:
             "settings": self.s.public(),
         }
         unsaved: OSError | None = None
+        shown = str(self.s.metrics_path)
         try:
             write_metrics(self.s.metrics_path, self._spooled(), run, stats=stats)
+            if self.writer.store is not None and self.s.metrics is None:
+                self.writer.store.upload("job_metrics.json", self.s.metrics_path,
+                                         "application/json")
+                shown = f"{self.writer.store.where}job_metrics.json"
         except OSError as exc:  # a full disk, a folder made read-only
             unsaved = exc
         self.guards.summary(stats, self.interrupted, self.stop_reason)
@@ -757,8 +808,8 @@ class Batch:
                            f"{unsaved.strerror or unsaved}. The journal in {self.s.out} keeps "
                            "what was done: make room (or fix the permissions) and rerun the "
                            "same command.")
-        return {"stats": stats, "run": run, "metrics": str(self.s.metrics_path),
-                "out": str(self.s.out)}
+        return {"stats": stats, "run": run, "metrics": shown,
+                "out": self.s.bucket_out or str(self.s.out)}
 
 
 def _inside(out: Path, root: Path) -> str | None:

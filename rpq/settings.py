@@ -195,8 +195,10 @@ class BatchSettings:
 
     root: Path
     endpoint: EndpointSettings
-    out: Path = option("--out", "-o", metavar="DIR", group=OUTPUT,
-                       help="Output folder (default: FOLDER_out next to FOLDER).")
+    out: Path = option("--out", "-o", metavar="DIR|s3://BUCKET/PREFIX", group=OUTPUT,
+                       cli_type=str,
+                       help="Output folder or bucket prefix (default: FOLDER_out next to "
+                       "FOLDER).")
     include: tuple[str, ...] = option(
         "--include", default=(), metavar="GLOB", group=INPUT,
         help="Only files matching this glob (repeatable), e.g. '*.jpg'.")
@@ -209,6 +211,15 @@ class BatchSettings:
         "--files-from", default=None, metavar="FILE|-", group=INPUT,
         help="Send the images this file lists (one path per line, - reads stdin) instead of "
         "walking FOLDER; relative paths are taken from FOLDER, else the current folder.")
+    bucket_in: str | None = None  # s3://BUCKET/PREFIX the images are listed from
+    bucket_out: str | None = None  # s3://BUCKET/PREFIX results go to; `out` keeps the journal
+    journal_dir: Path | None = option(
+        "--journal-dir", default=None, metavar="DIR", group=OUTPUT,
+        help="Where the journal of an s3:// output lives (default: "
+        "~/.cache/rpq/buckets/BUCKET_PREFIX_HASH); a rerun must find it to resume.")
+    url_expiry: int = option(
+        "--url-expiry", default=3600, min=60, max=604800, metavar="SECONDS", group=REQUEST,
+        help="How long the presigned URL that {{image_url}} sends stays valid.")
     shard: Shard | None = option(
         "--shard", default=None, metavar="I/N", group=INPUT, parse=Shard.parse, cli_type=str,
         help="Take only shard I of N (by a hash of each image's path), so N machines split one "
@@ -306,9 +317,12 @@ class BatchSettings:
 
     def public(self) -> dict[str, Any]:
         """The settings recorded in job_metrics.json: never the key or the webhook URL."""
-        return {
-            "root": str(self.root),
+        values = {
+            "root": self.bucket_in or str(self.root),
             "endpoint": self.endpoint.endpoint_id,
             "base_url": self.endpoint.base_url or "(built-in local endpoint)",
             **public_values(self),
         }
+        if self.bucket_out:
+            values["out"], values["journal_dir"] = self.bucket_out, str(self.out)
+        return values

@@ -22,9 +22,12 @@ from rpq.images import Prepared
 #   {{stem}}            file name without its last extension, e.g. "a b"
 #   {{rel}}             path relative to the batch root, e.g. "sub/a b.jpg"
 #   {{mime}}            MIME type of the bytes sent, e.g. "image/png"
+#   {{image_url}}       (bucket inputs) a presigned GET URL of the object: no bytes sent
 #   {{upload_name}}     (workflows) the name the image is uploaded to ComfyUI under
-PLACEHOLDERS = ("image_base64", "image_data_uri", "filename", "stem", "rel", "mime")
-IMAGE_PLACEHOLDERS = frozenset({"image_base64", "image_data_uri"})
+PLACEHOLDERS = ("image_base64", "image_data_uri", "image_url", "filename", "stem", "rel", "mime")
+IMAGE_PLACEHOLDERS = frozenset({"image_base64", "image_data_uri", "image_url"})
+#: Placeholders whose value needs the image's bytes (read, checked, maybe re-encoded).
+BYTES_PLACEHOLDERS = frozenset({"image_base64", "image_data_uri", "upload_name"})
 WORKFLOW_PLACEHOLDERS = (*PLACEHOLDERS, "upload_name")
 
 # Whitespace inside the braces is tolerated: "{{ filename }}" works too.
@@ -50,6 +53,17 @@ class RequestTemplate:
         self.source = source
         self.warning = warning
         self._compiled: dict[str, _Compiled] = {}
+        self.names = frozenset(m.group(1) for _, text, _ in _walk_strings(body)
+                               for m in _PLACEHOLDER.finditer(text))
+
+    @property
+    def needs_bytes(self) -> bool:
+        """Whether a request carries the image itself (else only its URL and names)."""
+        return bool(self.names & BYTES_PLACEHOLDERS)
+
+    @property
+    def needs_url(self) -> bool:
+        return "image_url" in self.names
 
     # ----------------------------------------------------------------- construction
 
@@ -74,8 +88,9 @@ class RequestTemplate:
         if not names & IMAGE_PLACEHOLDERS:
             raise UsageError(
                 f"{path} has no image placeholder, so every image would send the same "
-                'request. Put "{{image_base64}}" (or "{{image_data_uri}}") where the worker '
-                'expects the image, e.g. {"input": {"image": "{{image_base64}}"}}.'
+                'request. Put "{{image_base64}}" (or "{{image_data_uri}}", or "{{image_url}}" '
+                'for a bucket input) where the worker expects the image, e.g. '
+                '{"input": {"image": "{{image_base64}}"}}.'
             )
         return cls(body, source=str(path))
 
@@ -113,29 +128,32 @@ class RequestTemplate:
 
     # ----------------------------------------------------------------- rendering
 
-    def render(self, prepared: Prepared, *, policy: dict[str, Any] | None = None) -> bytes:
+    def render(self, prepared: Prepared, *, policy: dict[str, Any] | None = None,
+               url: str | None = None) -> bytes:
         """The JSON request body for one image, ready to POST (compact, ASCII).
 
         `policy`, when given, is merged into the body's "policy"; its keys win over the
-        template's own.
+        template's own. `url` is what {{image_url}} becomes.
         """
         compiled = self._compile(policy)
-        values = _Values(prepared, elide=False)
+        values = _Values(prepared, elide=False, url=url)
         return compiled.join(values.get)
 
     def render_preview(
-        self, prepared: Prepared, *, policy: dict[str, Any] | None = None
+        self, prepared: Prepared, *, policy: dict[str, Any] | None = None,
+        url: str | None = None,
     ) -> dict[str, Any]:
         """The body `render` would send, with base64 shown as "<base64: N bytes>"."""
         compiled = self._compile(policy)
-        values = _Values(prepared, elide=True)
+        values = _Values(prepared, elide=True, url=url)
         result: dict[str, Any] = json.loads(compiled.join(values.get))
         return result
 
-    def body_size(self, prepared: Prepared, *, policy: dict[str, Any] | None = None) -> int:
+    def body_size(self, prepared: Prepared, *, policy: dict[str, Any] | None = None,
+                  url: str | None = None) -> int:
         """Exact length in bytes of `render(prepared, policy=policy)`, without building it."""
         compiled = self._compile(policy)
-        values = _Values(prepared, elide=False)
+        values = _Values(prepared, elide=False, url=url)
         return compiled.literal_size + sum(values.size(name) for name in compiled.names)
 
     def fingerprint(self) -> str:
@@ -203,9 +221,10 @@ class _Compiled:
 class _Values:
     """Placeholder values for one image, already escaped for use inside a JSON string."""
 
-    def __init__(self, prepared: Prepared, *, elide: bool) -> None:
+    def __init__(self, prepared: Prepared, *, elide: bool, url: str | None = None) -> None:
         self.prepared = prepared
         self.elide = elide
+        self.url = url
         self._b64: bytes | None = None
 
     def _base64(self) -> bytes:
@@ -236,6 +255,12 @@ class _Values:
             return p.source.rel
         if name == "mime":
             return p.mime
+        if name == "image_url":
+            if self.url is None:
+                raise UsageError("{{image_url}} needs the images in a bucket (s3://...): a "
+                                 "local file has no URL the worker could fetch. Use "
+                                 "{{image_base64}} for local folders.")
+            return "<presigned URL>" if self.elide else self.url
         if name == "upload_name":
             return upload_name(p)
         raise KeyError(name)

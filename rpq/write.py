@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import mimetypes
 import threading
 import warnings
 from collections.abc import Callable
@@ -14,6 +16,7 @@ from rpq.errors import APIError
 from rpq.extract import Artifact, OutputError, extract, sniff_format
 from rpq.files import atomic_write
 from rpq.images import draft_for_check
+from rpq.storage import Bucket, BucketError
 
 EXT = {"jpeg": "jpg", "tiff": "tif"}
 
@@ -42,6 +45,8 @@ class ResultWriter:
         self.download_deadline = download_deadline
         self._lock = threading.Lock()
         self._claims: dict[str, str] = {}  # output path (relative) -> input rel that owns it
+        # Results go to this bucket prefix instead of `out` (which then holds the journal).
+        self.store: Bucket | None = None
         # Who owns an output an earlier run wrote (the journal knows), asked name by name.
         self.earlier_owner: Callable[[str], str | None] = lambda name: None
 
@@ -77,11 +82,11 @@ class ResultWriter:
         """Give `rel` the outputs another input with the same content already has."""
         written = []
         for i, name in enumerate(outputs):
-            source = self.out / name
             suffix = PurePosixPath(name).suffix
             stem = self._stem_for(rel, len(outputs), [suffix.lstrip(".")] * len(outputs))
             target = f"{stem}_{i + 1}{suffix}" if len(outputs) > 1 else f"{stem}{suffix}"
-            written.append(self._put(target, source.read_bytes()))
+            data = self.store.read(name) if self.store else (self.out / name).read_bytes()
+            written.append(self._put(target, data))
         return written
 
     # -- helpers ----------------------------------------------------------------------------
@@ -128,7 +133,18 @@ class ResultWriter:
             return [f"{stem}.{EXT.get(formats[0], formats[0])}"]
         return [f"{stem}_{i + 1}.{EXT.get(f, f)}" for i, f in enumerate(formats)]
 
+    def has(self, name: str) -> bool:
+        """Whether output `name` (as the journal recorded it) is where it was written."""
+        return self.store.exists(name) if self.store else (self.out / name).is_file()
+
     def _put(self, name: str, data: bytes) -> str:
+        if self.store is not None:
+            try:
+                self.store.write(name, data, mimetypes.guess_type(name)[0])
+            except BucketError as exc:
+                # Like a full disk: the job stays in flight and a rerun fetches it again.
+                raise OSError(errno.EIO, str(exc)) from None
+            return name
         target = (self.out / name).resolve()
         if not target.is_relative_to(self._root):
             raise OutputError(f"refusing to write {name!r}: it lies outside {self.out}")

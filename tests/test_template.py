@@ -60,7 +60,7 @@ def test_default_template_sends_raw_base64() -> None:
 
 
 def test_each_placeholder_as_a_whole_value(tmp_path: Path) -> None:
-    doc = {"input": {name: "{{" + name + "}}" for name in PLACEHOLDERS}}
+    doc = {"input": {name: "{{" + name + "}}" for name in PLACEHOLDERS if name != "image_url"}}
     t = RequestTemplate.from_file(write_json(tmp_path / "t.json", doc))
     assert body(t) == {
         "input": {
@@ -72,6 +72,18 @@ def test_each_placeholder_as_a_whole_value(tmp_path: Path) -> None:
             "mime": "image/png",
         }
     }
+
+
+def test_image_url_is_the_url_given_and_needs_no_bytes(tmp_path: Path) -> None:
+    doc = {"input": {"image_url": "{{image_url}}", "name": "{{rel}}"}}
+    t = RequestTemplate.from_file(write_json(tmp_path / "t.json", doc))
+    assert t.needs_url and not t.needs_bytes
+    url = "http://127.0.0.1:9/b/sub/a%20b.png?X-Amz-Signature=ab&x=\"q\""
+    assert body(t, url=url) == {"input": {"image_url": url, "name": "sub/a b.png"}}
+    assert t.render_preview(prepared(), url=url)["input"]["image_url"] == "<presigned URL>"
+    with pytest.raises(UsageError, match=r"needs the images in a bucket"):
+        t.render(prepared())
+    assert RequestTemplate.default().needs_bytes and not RequestTemplate.default().needs_url
 
 
 def test_placeholders_inside_longer_strings_and_nested_values(tmp_path: Path) -> None:

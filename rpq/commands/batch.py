@@ -27,9 +27,9 @@ from rpq.settings import ENDPOINT, OUTPUT, BatchSettings
 
 @with_options(BatchSettings)
 def batch(
-    folder: Annotated[Path | None, typer.Argument(
-        help="Folder of images (searched recursively); optional with --files-from.",
-        metavar="FOLDER", show_default=False)] = None,
+    folder: Annotated[str | None, typer.Argument(
+        help="Folder of images (searched recursively), or s3://BUCKET/PREFIX; optional with "
+        "--files-from.", metavar="FOLDER", show_default=False)] = None,
     endpoint: EndpointOpt = None,
     api_key: ApiKeyOpt = None,
     profile: ProfileOpt = None,
@@ -48,22 +48,13 @@ def batch(
     **values: Any,
 ) -> None:
     """Process every image in FOLDER through the endpoint and write the results."""
-    from rpq.errors import ExitCode, UsageError
+    from rpq.errors import ExitCode
     from rpq.settings import EndpointSettings, resolve_endpoint
 
     logs.configure(verbose, quiet)
-    if folder is None:
-        if values.get("files_from") is None:
-            raise UsageError("pass the FOLDER of images, or --files-from FILE to list them.")
-        if values.get("out") is None:
-            raise UsageError("--files-from without a FOLDER needs --out DIR for the results.")
-        folder = Path.cwd()
-    if not folder.is_dir():
-        raise UsageError(f"{folder} is not a folder. Pass the folder that holds your images.")
+    places = _places(folder, values)
     ep = resolve_endpoint(endpoint, api_key, base_url, profile=profile)
-    settings = settings_from(
-        BatchSettings, values, root=folder, endpoint=ep,
-        out=values.get("out") or folder.with_name(folder.resolve().name + "_out"))
+    settings = settings_from(BatchSettings, values, endpoint=ep, **places)
     _check_files(settings)
     view = View(json_summary=json_out, dry_run=dry_run, live=not no_progress)
     if not ep.local:
@@ -78,6 +69,41 @@ def batch(
         code = run_batch(replace(settings, endpoint=local_ep), view)
     if code != ExitCode.OK:
         raise typer.Exit(code)
+
+
+def _places(folder: str | None, values: dict[str, Any]) -> dict[str, Any]:
+    """Input and output, each a folder or a bucket prefix: the settings fields they fill."""
+    from rpq.errors import UsageError
+    from rpq.storage import BucketPath, is_bucket, state_dir
+
+    out = values.get("out")
+    places: dict[str, Any] = {}
+    if is_bucket(folder):
+        if values.get("files_from") is not None:
+            raise UsageError("--files-from lists local files: pass it without an s3:// input.")
+        if out is None:
+            raise UsageError("an s3:// input needs --out: a folder or s3://BUCKET/PREFIX.")
+        places.update(bucket_in=str(BucketPath.parse(str(folder))), root=Path("."))
+    elif folder is None:
+        if values.get("files_from") is None:
+            raise UsageError("pass the FOLDER of images, or --files-from FILE to list them.")
+        if out is None:
+            raise UsageError("--files-from without a FOLDER needs --out DIR for the results.")
+        places["root"] = Path.cwd()
+    else:
+        root = Path(folder)
+        if not root.is_dir():
+            raise UsageError(f"{root} is not a folder. Pass the folder that holds your images.")
+        places["root"] = root
+    if is_bucket(out):
+        bucket_out = str(BucketPath.parse(str(out)))
+        journal_dir = values.get("journal_dir")
+        places.update(bucket_out=bucket_out,
+                      out=Path(journal_dir) if journal_dir else state_dir(bucket_out))
+    else:
+        root = places["root"]
+        places["out"] = Path(out) if out else root.with_name(root.resolve().name + "_out")
+    return places
 
 
 def _check_files(settings: BatchSettings) -> None:
