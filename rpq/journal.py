@@ -147,16 +147,18 @@ class Journal:
             st = os.stat(self.path)
         except OSError:
             return False
-        return (st.st_ino == mark.inode and mark.offset <= st.st_size
-                and self._digest_at(mark.offset) == mark.digest)
+        # Not the inode: a folder copied or restored elsewhere is still the same journal.
+        return mark.offset <= st.st_size and self._digest_at(mark.offset) == mark.digest
 
     def _digest_at(self, offset: int) -> str:
-        """A fingerprint of the bytes just before `offset`: tells an edited file from ours."""
+        """A fingerprint of the file's first line(s) and of the bytes just before `offset`:
+        tells another or an edited journal from the one indexed."""
         start = max(0, offset - 256)
         try:
             with self.path.open("rb") as fh:
+                head = fh.read(min(offset, 1024))
                 fh.seek(start)
-                return hashlib.sha256(fh.read(offset - start)).hexdigest()[:32]
+                return hashlib.sha256(head + fh.read(offset - start)).hexdigest()[:32]
         except OSError:
             return ""
 

@@ -23,8 +23,9 @@ _COLUMNS = "key, rel, state, job_id, endpoint, attempts, record, cancels"
 class Mark:
     """Where the index stands in the journal file: events before `offset` are folded in.
 
-    `inode` and `digest` (of the bytes just before `offset`) tell whether the file is still
-    the one that was indexed: a journal moved aside (--fresh), cut short or edited is not.
+    `digest` (of the file's start and of the bytes just before `offset`) tells whether the
+    file is still the one that was indexed: a journal moved aside (--fresh), cut short or
+    edited is not. `inode` is kept for diagnosis only: a copied folder is the same journal.
     """
 
     offset: int = 0

@@ -84,9 +84,9 @@ def test_resume_reads_only_the_lines_after_the_last_save(tmp_path: Path) -> None
     with Journal(path) as j:
         play(j, 200)
     before = snapshot(Journal(path))
-    # Damage the start of the file in place: a reader that reads it all would see it.
+    # Damage the middle of the file in place: a reader that reads it all would see it.
     data = bytearray(path.read_bytes())
-    data[:4000] = b"#" * 4000
+    data[3000:7000] = b"#" * 4000
     path.write_bytes(bytes(data))
     assert snapshot(Journal(path)) == before
 
@@ -214,3 +214,16 @@ def test_without_room_for_an_index_everything_stays_in_memory(tmp_path: Path) ->
     assert len(j.entries) == 100
     j.close()
     assert len(Journal(path).entries) == 100
+
+
+def test_a_copied_folder_keeps_its_index(tmp_path: Path) -> None:
+    path = tmp_path / "a" / ".rpq-journal.jsonl"
+    path.parent.mkdir()
+    with Journal(path) as j:
+        play(j, 200)
+    before = snapshot(Journal(path))
+    copy = shutil.copytree(path.parent, tmp_path / "b") / path.name  # new inodes
+    data = bytearray(copy.read_bytes())
+    data[3000:7000] = b"#" * 4000  # a reader that reads it all would see this
+    copy.write_bytes(bytes(data))
+    assert snapshot(Journal(copy)) == before
