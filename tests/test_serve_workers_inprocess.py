@@ -78,7 +78,8 @@ def test_concurrency_modifier_runs_jobs_together_on_one_worker(
         "def handler(job):\n"
         "    together.wait()  # only passes with four jobs running at once\n"
         "    return {'ok': True}\n"
-        "runpod.serverless.start({'handler': handler, 'concurrency_modifier': lambda c: 4})\n"
+        "runpod.serverless.start({'handler': handler,\n"
+        "                         'concurrency_modifier': lambda c: min(c + 1, 4)})\n"
     )
     ep = make_endpoint(handler=str(path), workers_max=1)
     docs = [finished(http, ep, i) for i in [run(http, ep, {}) for _ in range(4)]]
@@ -173,3 +174,18 @@ def test_413_reaches_a_client_still_sending(make_endpoint: Make) -> None:
         assert b"limit" in response.read()
     finally:
         conn.close()
+
+
+def test_refresh_worker_in_the_start_config(http: requests.Session, make_endpoint: Make,
+                                            tmp_path: Path) -> None:
+    path = tmp_path / "worker.py"
+    path.write_text(
+        "import runpod\n"
+        "def handler(job):\n"
+        "    return {'ok': True}\n"
+        "runpod.serverless.start({'handler': handler, 'refresh_worker': True})\n"
+    )
+    ep = make_endpoint(handler=str(path), workers_max=1)
+    docs = [finished(http, ep, run(http, ep, {})) for _ in range(3)]
+    assert [d["output"] for d in docs] == [{"ok": True}] * 3
+    assert len({d["workerId"] for d in docs}) == 3  # a new worker after every job

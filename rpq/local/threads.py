@@ -65,7 +65,15 @@ class ThreadFleet(Fleet):
         if modifier is None:
             return 1
         try:
-            return max(1, int(modifier(1)))
+            # The SDK calls it before each job-take with the current value, so a modifier
+            # that ramps up (c + 1 up to a cap) settles where the SDK's would.
+            slots = 1
+            for _ in range(64):
+                wanted = max(1, int(modifier(slots)))
+                if wanted == slots:
+                    break
+                slots = wanted
+            return slots
         except Exception:
             log.exception("concurrency_modifier failed; running one job per worker")
             return 1
