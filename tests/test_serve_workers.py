@@ -514,13 +514,14 @@ def test_rpq_serve_worker_on_the_command_line(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("rpq")), "serve", "--port", "0",
          "--worker", f"{sys.executable} {worker}", "--worker-logs", str(logs),
-         "--ping-interval", "1", "--stop-grace", "1"],
+         "--ping-interval", "1", "--stop-grace", "1", "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     try:
         assert proc.stdout is not None
-        line = proc.stdout.readline()
-        base = line.split()[2]
+        announced = json.loads(proc.stdout.readline())
+        assert announced["worker"] == f"{sys.executable} {worker}"
+        base = announced["base_url"]
         headers = {"Authorization": "Bearer cli-key"}
         r = requests.post(f"{base}/local/runsync", json={"input": {"hi": 1}}, headers=headers,
                           timeout=60)

@@ -82,6 +82,7 @@ def _announce(endpoint: Any, as_json: bool) -> None:
             "base_url": base, "endpoint_id": endpoint_id, "url": endpoint.url,
             "host": endpoint.host, "port": endpoint.port,
             "handler": handler if isinstance(handler, str) else getattr(handler, "__name__", "?"),
+            "worker": endpoint.config.worker_command,
             "workers_max": endpoint.config.workers_max,
             "api_key_required": endpoint.config.api_key is not None,
             "env": {"RUNPOD_ENDPOINT_BASE_URL": base, "RUNPOD_ENDPOINT_ID": endpoint_id},
