@@ -32,12 +32,23 @@ class FileList:
                 raise UsageError(f"--files-from {source}: no such file. Pass a text file with "
                                  "one image path per line, or - to read them from stdin.")
             self.path = source
+            self._check()
             return
         fd, tmp = tempfile.mkstemp(prefix="rpq-files-from-", suffix=".txt")
         weakref.finalize(self, _unlink, tmp)
         with os.fdopen(fd, "wb") as fh:
             shutil.copyfileobj(stdin or sys.stdin.buffer, fh)
         self.path = Path(tmp)
+        self._check()
+
+    def _check(self) -> None:
+        """A URL in the list is refused before anything is sent (a read of the text only)."""
+        for number, text in self.lines():
+            if "://" in text:
+                raise UsageError(
+                    f"--files-from {self.name} line {number}: {text!r} is a URL; only local "
+                    "paths are supported in a list. Download the images, or list their local "
+                    "paths.")
 
     def lines(self) -> Iterator[tuple[int, str]]:
         """(line number, path) of every line that names something; # starts a comment."""
@@ -70,11 +81,6 @@ def relative_name(path: Path, root: Path) -> str:
 def listed(files: FileList, root: Path) -> Iterator[ImageFile | Skipped]:
     """The images a list names, in its order; relative paths are taken from `root`."""
     for number, text in files.lines():
-        if "://" in text:
-            raise UsageError(
-                f"--files-from {files.name} line {number}: {text!r} is a URL; only local paths "
-                "are supported in a list. Download the images, or list their local paths."
-            )
         path = Path(text.strip())
         rel = relative_name(path, root)
         full = root / path

@@ -19,6 +19,7 @@ from typing import IO, Any
 
 from rpq import __version__
 from rpq.api import RunPodClient, is_transient, post_json
+from rpq.discovery import Discovered
 from rpq.errors import APIError, InputError, RpqError, UsageError
 from rpq.extract import OutputError, decode_worker_error
 from rpq.files import sweep_temp_files
@@ -264,7 +265,9 @@ class Batch:
         self.journal = Journal(journal_path)
         self.writer.earlier_owner = self.journal.output_owner
         self.orphans = len(self.journal.orphans())
-        self.tracker.total = self._count()
+        # One walk (or listing) in a thread, ahead of the work: the total is known when it
+        # ends, and the first jobs go out meanwhile.
+        self._found = Discovered(self._discover(), self._counted)
         self.reporter.start(self.tracker)
         health_thread = threading.Thread(target=self._watch_health, name="rpq-health", daemon=True)
         health_thread.start()
@@ -311,8 +314,9 @@ class Batch:
 
     # -- dispatch ---------------------------------------------------------------------------
 
-    def _count(self) -> int:
-        return sum(1 for _ in self._discover())
+    def _counted(self, count: int, done: bool) -> None:
+        if done:
+            self.tracker.total = count
 
     def _discover(self) -> Iterator[ImageFile | Skipped]:
         """The input folder's images; never what is in the output folder, if it lies inside."""
@@ -349,7 +353,7 @@ class Batch:
                 fut.add_done_callback(done)
                 return True
 
-            for item in self._discover():
+            for item in self._found:
                 if self._stop.is_set() or not launch(self._guard, self._one, item):
                     break
             # Jobs the journal shows in flight whose file is gone from the folder.

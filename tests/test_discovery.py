@@ -5,8 +5,12 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
+from batchkit import batch_args, endpoint_env, rpq
+from imaging import make_images
 
 from rpq.discovery import Discovered
 from rpq.errors import UsageError
@@ -57,3 +61,26 @@ def test_stopping_early_stops_the_walk() -> None:
     found.close()
     assert not found._thread.is_alive()
     assert next(walked) < 100_000
+
+
+def test_a_batch_walks_its_folder_once(tmp_path: Path, make_endpoint: Any,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import rpq.pipeline as pipeline
+
+    walks: list[int] = []
+    real = pipeline.discover
+
+    def counting(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        walks.append(0)
+        for item in real(*args, **kwargs):
+            walks[-1] += 1
+            yield item
+
+    monkeypatch.setattr(pipeline, "discover", counting)
+    ep = make_endpoint(handler="echo", workers_max=2)
+    src = tmp_path / "in"
+    make_images(src, 7)
+    run = rpq(*batch_args(src, tmp_path / "out"), env=endpoint_env(ep))
+    assert run.code == 0, run.stderr
+    assert walks == [7]  # one pass: no counting walk before the real one
+    assert "7 of 7 images done" in run.stderr
