@@ -20,6 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bucket_bench
 import harness as h
 import journal_bench
 import scale_bench
@@ -549,6 +550,7 @@ def scenario_6(ctx: Context) -> Scenario:
 SCENARIOS: dict[str, Callable[[Context], Scenario]] = {
     "1": scenario_1, "2": scenario_2, "3": scenario_3, "4": scenario_4, "5": scenario_5,
     "6": scenario_6, **scale_bench.SCENARIOS, **journal_bench.SCENARIOS,
+    **bucket_bench.SCENARIOS,
 }
 
 
@@ -749,7 +751,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="tiny sizes and 1 repetition (a smoke run of a minute)")
     parser.add_argument("--reps", type=int, default=None, help="repetitions per figure")
     parser.add_argument("--only", default="",
-                        help="scenarios to run, e.g. 1,3 or photos,cpu,auto,journal,flat (7-11)")
+                        help="scenarios to run, e.g. 1,3 or photos,auto,journal,buckets (7-12)")
     parser.add_argument("--work", type=Path, default=h.REPO / "BENCH_OUT",
                         help="runs, logs, cached images and results.json go here")
     parser.add_argument("--markdown", type=Path, default=h.REPO / "BENCHMARKS.md",
@@ -760,7 +762,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.reps < 1:
             parser.error("--reps must be at least 1")
         sizes = Sizes(**{**sizes.__dict__, "reps": args.reps})
-    aliases = {**scale_bench.ALIASES, **journal_bench.ALIASES}
+    aliases = {**scale_bench.ALIASES, **journal_bench.ALIASES, **bucket_bench.ALIASES}
     wanted = [aliases.get(k.strip(), k.strip()) for k in args.only.split(",")
               if k.strip()] or list(SCENARIOS)
     unknown = [k for k in wanted if k not in SCENARIOS]

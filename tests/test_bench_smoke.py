@@ -36,7 +36,7 @@ def test_run_all_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
     results = json.loads((work / "results.json").read_text())
     scenarios = results["scenarios"]
-    assert sorted(scenarios, key=int) == [str(n) for n in range(1, 12)]
+    assert sorted(scenarios, key=int) == [str(n) for n in range(1, 13)]
     for key, sc in scenarios.items():
         assert sc["rows"], f"scenario {key} produced no figures"
         for row in sc["rows"]:
@@ -65,6 +65,8 @@ def test_run_all_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     d10, d11 = scenarios["10"]["data"], scenarios["11"]["data"]
     assert all(0 < s < 60 for s in d10["first_run_s"]) and d10["journal_mb"] > 0
     assert d11["completed"] == 500 and d11["peak_rss_mb"] > 0
+    sent = scenarios["12"]["data"]["bytes_per_image"]
+    assert 0 < sent["url"] < sent["bytes"]  # {{image_url}} leaves the image out of /run
 
     text = markdown.read_text()
     assert text.startswith("# Benchmarks\n\n**Summary:** rpq ")
