@@ -5,7 +5,8 @@
     ├── EndpointError         endpoint unreachable, unknown, or key refused      (exit 3)
     │   ├── AuthError         401 from the endpoint
     │   ├── EndpointNotFound  404 on the endpoint itself
-    │   └── NotRunPodAPI      (rpq.api) an answer that is not RunPod's JSON: wrong base URL
+    │   ├── NotRunPodAPI      (rpq.api) an answer that is not RunPod's JSON: wrong base URL
+    │   └── BucketError       (rpq.storage) s3:// bucket missing, key refused, unreachable
     ├── APIError              an unexpected HTTP answer for one request          (exit 1)
     └── InputError            one input image cannot be sent; the batch goes on  (exit 1)
 
