@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
@@ -99,3 +103,16 @@ def test_refused_credentials_are_one_line_exit_3_without_the_secret(
     message = str(err.value)
     assert "refused the credentials" in message and "\n" not in message
     assert "testing-secret" not in message
+
+
+def test_without_boto3_the_error_names_the_extra(tmp_path: Path) -> None:
+    # boto3 made unimportable, as on an install without the extra.
+    blocked = tmp_path / "blocked" / "boto3"
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text("raise ImportError('No module named boto3')\n")
+    env = {**os.environ, "PYTHONPATH": str(blocked.parent)}
+    run = subprocess.run([sys.executable, "-m", "rpq", "batch", "s3://rpq-in/x", "--out",
+                          str(tmp_path / "out")], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 2
+    assert "pip install 'rpq[s3]'" in run.stderr and "Traceback" not in run.stderr
