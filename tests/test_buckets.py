@@ -83,11 +83,13 @@ def test_folder_in_bucket_out_then_rerun_sends_nothing(
     assert metrics["stats"]["completed"] == 6
     assert metrics["run"]["settings"]["out"] == f"s3://{bucket_name}/results/"
     assert f"metrics in s3://{bucket_name}/results/job_metrics.json" in run.stderr
+    assert f"results in s3://{bucket_name}/results/" in run.stderr
     # The journal lives on this machine, where the README says.
     journal = Path(metrics["run"]["settings"]["journal_dir"])
     assert journal == state_dir(f"s3://{bucket_name}/results/")
     assert journal.is_relative_to(Path.home() / ".cache" / "rpq" / "buckets")
     assert (journal / JOURNAL_NAME).is_file()
+    assert f"journal in {journal}" in run.stderr
     rerun = rpq(*args, env=env(s3, ep))
     assert rerun.code == 0, rerun.stderr
     assert ep.calls()["run"] == 6  # everything was found done, in the bucket

@@ -185,7 +185,9 @@ def _print_summary(result: Any, settings: BatchSettings, view: View) -> None:
         f"{stats.get('completed', 0)} of {stats.get('total_jobs', 0)} images done, "
         f"{failed} failed" + (f", {cancelled} cancelled" if cancelled else "")
         + (f" (success {stats.get('success_rate')}%)" if stats.get("total_jobs") else ""),
-        f"results in {settings.out}   metrics in {result.summary['metrics']}",
+        f"results in {settings.bucket_out or settings.out}   metrics in "
+        f"{result.summary['metrics']}"
+        + (f"   journal in {settings.out}" if settings.bucket_out else ""),
     ]
     if stats.get("p95_total_time") is not None:
         lines.append(
@@ -203,7 +205,7 @@ def _print_summary(result: Any, settings: BatchSettings, view: View) -> None:
                      "sent. Rerun the same command to continue.")
     elif result.interrupted:
         lines.append("interrupted: rerun the same command to finish; "
-                     "`rpq cancel --journal OUT` stops anything left running.")
+                     f"`rpq cancel --journal {settings.out}` stops anything left running.")
     spend = result.summary["run"].get("estimated_cost")
     if spend is not None:
         lines.append(f"estimated spend ${spend:.4f} (execution time x --cost-per-hour)")
