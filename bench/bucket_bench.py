@@ -56,9 +56,10 @@ def s3_server() -> Iterator[str]:
         assert proc.stdout is not None
         yield proc.stdout.readline().strip()
     finally:
-        assert proc.stdin is not None
+        assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.close()
         proc.wait(timeout=30)
+        proc.stdout.close()
 
 
 def _fill(endpoint: str, folder: Path, count: int) -> None:
@@ -126,7 +127,7 @@ def scenario_buckets(ctx: Context) -> Scenario:
                                f"{per_image:,.0f}", "", ""))
             sc.rows.append(Row("12", f"wall s, {z.images:,} images bucket to bucket, {mode}",
                                fmt(measured.wall, 1), "", ""))
-            sc.detail.append(f"{mode}: {done}/{z.images} completed, peak RSS "
+            sc.detail.append(f"- {mode}: {done}/{z.images} completed, peak RSS "
                              f"{measured.max_rss_mb:.0f} MB, exit {measured.code}")
     sc.notes.append("The results are uploaded either way (the echo worker returns the image "
                     "itself, base64 in the status reply): what `{{image_url}}` removes is the "
