@@ -685,7 +685,8 @@ def _sections(text: str) -> dict[str, str]:
 def merge(old: str, new: str, ran: set[str], meta: dict[str, Any]) -> str:
     """`old` report with the scenarios in `ran` replaced by (or added from) `new`."""
     def table_rows(text: str) -> list[str]:
-        return [line for line in text.splitlines() if re.match(r"\| \d+ \| ", line)]
+        figures = _sections(text).get("Figures", "")
+        return [line for line in figures.splitlines() if re.match(r"\| \d+ \| ", line)]
 
     def key_of(line: str) -> str:
         return line.split("|")[1].strip()
@@ -735,7 +736,7 @@ def _merged_misses(old: str, new: str, ran: set[str]) -> str:
     old_lines = [b for b in old.splitlines() if b.startswith("- ")
                  and mine(b) not in ran and "Every target was met" not in b]
     new_lines = [b for b in new.splitlines() if b.startswith("- ")
-                 and "Every target was met" not in b]
+                 and "Every target was met" not in b and b not in old_lines]
     bullets = old_lines + new_lines
     if not any("**Missed**" in b for b in bullets):
         bullets.insert(0, "- Every target was met in the runs reported here.")
