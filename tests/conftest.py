@@ -18,6 +18,8 @@ from rpq.local import LocalEndpoint
 # explores new ones. `HYPOTHESIS_PROFILE=ci` reproduces CI on a laptop.
 settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
 settings.register_profile("dev")
+# `make mutants` runs the tests once per mutant: fewer examples, same seed every time.
+settings.register_profile("mutants", settings.get_profile("ci"), max_examples=10)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 T = TypeVar("T")

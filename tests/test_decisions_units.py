@@ -4,6 +4,7 @@ what counts toward the SLA, and what a crash mid-write or a damaged journal leav
 from __future__ import annotations
 
 import base64
+import bisect
 import json
 import os
 from collections.abc import Iterator
@@ -12,10 +13,11 @@ from pathlib import Path
 import pytest
 from imaging import png_bytes
 
+from rpq import files
 from rpq.api import is_transient
-from rpq.errors import APIError
+from rpq.errors import APIError, UsageError
 from rpq.extract import extract
-from rpq.files import TEMP_SUFFIX, atomic_write
+from rpq.files import TEMP_SUFFIX, atomic_write, sweep_temp_files
 from rpq.journal import Journal
 from rpq.limiter import Limiter, Limiters, Rate
 from rpq.metrics import JobRecord, Metrics
@@ -86,19 +88,46 @@ def test_an_error_without_a_status_is_final() -> None:
 # --- limiter: how fast rpq may call ----------------------------------------------------------
 
 
-def _free_calls(limiter: Limiter) -> int:
-    """How many calls go through at one instant before the first wait."""
+def _free_calls(limiter: Limiter) -> tuple[int, float]:
+    """How many calls go through at one instant, and the wait of the first that cannot."""
     n = 0
-    while limiter.reserve() == 0:
+    while (wait := limiter.reserve()) == 0:
         n += 1
-    return n
+    return n, wait
 
 
 @pytest.mark.parametrize(("count", "per", "burst"), [(100, 10.0, 10), (900, 10.0, 90),
                                                      (25, 1.0, 2), (9, 1.0, 1), (1, 60.0, 1)])
 def test_default_burst_is_a_tenth_of_the_rate(count: int, per: float, burst: int) -> None:
     clock = FakeClock()
-    assert _free_calls(Limiter(Rate(count, per), clock=clock, sleep=clock.sleep)) == burst
+    free, wait = _free_calls(Limiter(Rate(count, per), clock=clock, sleep=clock.sleep))
+    assert free == burst
+    assert wait == pytest.approx(per / count)  # then one call per interval, a whole one
+
+
+def test_a_free_call_waits_zero_never_less() -> None:
+    clock = FakeClock()
+    limiter = Limiter(Rate(10, 1.0), burst=2, clock=clock, sleep=clock.sleep)
+    assert limiter.reserve() == 0.0
+    clock.now += 0.05  # half a token back: 1.5 in the bucket
+    assert limiter.reserve() == 0.0
+    assert limiter.reserve() == pytest.approx(0.05)
+
+
+def test_a_limiter_on_a_clock_that_starts_at_zero_is_not_paused() -> None:
+    limiter = Limiter(Rate(1, 1.0), clock=lambda: 0.0)
+    assert limiter.reserve() == 0.0
+
+
+def test_status_and_status_sync_share_one_budget() -> None:
+    # RunPod counts /status and /status-sync together (2000 per 10 s).
+    clock = FakeClock()
+    limiters = Limiters(clock=clock, sleep=clock.sleep)
+    times = []
+    for i in range(4000):
+        limiters.acquire("status-sync" if i % 2 else "status")
+        times.append(clock.now)
+    assert _busiest_window(times, 10.0) <= 2000
 
 
 def test_after_the_burst_calls_are_spaced_evenly() -> None:
@@ -111,7 +140,8 @@ def test_after_the_burst_calls_are_spaced_evenly() -> None:
 
 
 def _busiest_window(times: list[float], width: float) -> int:
-    return max(sum(1 for t in times if start <= t < start + width) for start in times)
+    """The most calls in any window [t, t + width) that starts at a call (times ascending)."""
+    return max(bisect.bisect_left(times, t + width) - i for i, t in enumerate(times))
 
 
 @pytest.mark.parametrize(("op", "documented"), [("run", 1000), ("status", 2000), ("cancel", 100)])
@@ -135,6 +165,13 @@ def test_the_users_rate_spaces_submissions_with_no_burst(text: str, gap: float) 
     for _ in range(4):
         limiters.acquire("run")
     assert clock.slept == pytest.approx([gap] * 3)
+
+
+def test_a_rate_takes_only_an_s_for_seconds() -> None:
+    assert Rate.parse("5/60s") == Rate(5, 60.0)
+    for bad in ("5/60X", "5/60sec", "5/6/0"):
+        with pytest.raises(UsageError, match="--rate"):
+            Rate.parse(bad)
 
 
 def test_the_users_rate_applies_to_submissions_only() -> None:
@@ -245,6 +282,64 @@ def test_a_killed_write_is_a_hidden_temp_file_beside_the_target(tmp_path: Path) 
     atomic_write(path, parts())
     [temp] = seen
     assert temp.startswith(".result.png.") and temp.endswith(TEMP_SUFFIX)
+
+
+def test_missing_folders_are_made(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "c.png"
+    atomic_write(path, PNG[0])
+    assert path.read_bytes() == PNG[0]
+
+
+def test_the_cleanup_of_a_failed_write_never_hides_why_it_failed(tmp_path: Path) -> None:
+    # The temp file is already gone (a sweep, a full disk): unlinking it fails quietly and the
+    # error the caller sees is the one that stopped the write.
+    path = tmp_path / "out" / "result.png"
+
+    def parts() -> Iterator[bytes]:
+        yield PNG[0][:10]
+        for temp in path.parent.glob(f".*{TEMP_SUFFIX}"):
+            temp.unlink()
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write(path, parts())
+    assert list(path.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("fsync", [False, True])
+def test_fsync_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                               fsync: bool) -> None:
+    # fsync costs a disk flush per file: output images skip it, the metrics ask for it.
+    synced: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd))[1])
+    atomic_write(tmp_path / "a.png", PNG[0], fsync=fsync)
+    assert len(synced) == int(fsync)
+    atomic_write(tmp_path / "b.png", PNG[0])
+    assert len(synced) == int(fsync)
+
+
+def test_the_umask_is_read_without_changing_it() -> None:
+    old = os.umask(0o027)
+    try:
+        assert files._current_umask() == 0o027
+        assert os.umask(0o027) == 0o027  # still in force
+    finally:
+        os.umask(old)
+
+
+def test_a_rerun_sweeps_only_temp_files_a_killed_write_left(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    (out / ".a.png.x1.part").write_bytes(b"half")
+    (out / "sub" / ".b.png.x2.part").write_bytes(b"half")
+    (out / "keep.part").write_bytes(b"not hidden: not ours")
+    (out / ".dir.part").mkdir()
+    (out / ".link.part").symlink_to(out / "keep.part")
+    (out / "a.png").write_bytes(PNG[0])
+    assert sweep_temp_files(out) == 2
+    left = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    assert left == [".dir.part", ".link.part", "a.png", "keep.part", "sub"]
 
 
 def test_written_files_get_the_usual_permissions(tmp_path: Path) -> None:
