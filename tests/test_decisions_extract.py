@@ -1,0 +1,147 @@
+"""Pinned decisions of output extraction: the exact words a user reads when an output holds
+no usable image (each names where it looked and what it found), the worker's error as one line,
+and the file names rpq accepts from a worker."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from imaging import png_bytes
+
+from rpq.extract import OutputError, decode_worker_error, extract, safe_name
+
+B64 = base64.b64encode(png_bytes(0)).decode()
+TEXT_B64 = base64.b64encode(b"just some text, not a picture").decode()
+
+
+@pytest.mark.parametrize(("output", "key", "message"), [
+    ('', None,
+     "the job completed but its output is empty ('')"),
+    ({}, None,
+     'the job completed but its output is empty ({})'),
+    ([], None,
+     'the job completed but its output is empty ([])'),
+    (5, None,
+     'output is 5, not an image, a base64 string or a URL'),
+    (True, None,
+     'output is true, not an image, a base64 string or a URL'),
+    ([[]], None,
+     'output[0] is an empty list: the worker returned no images'),
+    ({'images': []}, None,
+     'output.images is empty: the worker returned no images'),
+    ({'images': [5]}, None,
+     'output.images[0] is 5, not an image'),
+    ({'images': [{'filename': 'a.png', 'type': 'base64'}]}, None,
+     "output.images[0] has no 'data' string (keys: filename, type)"),
+    ({'images': [{'type': 'base64', 'data': '  '}]}, None,
+     "output.images[0] has no 'data' string (keys: data, type)"),
+    ({'images': [{'type': 's3_url', 'data': 'file:///etc/passwd'}]}, None,
+     "output.images[0] is of type s3_url but its data is not an http(s) URL: 'file:///etc/passwd'"),
+    ({'status': 'error', 'message': 'CUDA out of memory'}, None,
+     'the job completed but the worker reported an error: CUDA out of memory'),
+    ({'status': 'error', 'error': 'bad workflow'}, None,
+     'the job completed but the worker reported an error: bad workflow'),
+    ({'status': 'error', 'details': {'node': 7}}, None,
+     'the job completed but the worker reported an error: '
+     '{"status":"error","details":{"node":7}} (details: {"node":7})'),
+    ({'status': 'error', 'message': 'boom', 'error': 'other', 'details': ['x']}, None,
+     'the job completed but the worker reported an error: boom (details: ["x"])'),
+    ({'status': 'success_no_images'}, None,
+     "the workflow produced no images (worker status 'success_no_images')"),
+    ({'error': 'model not loaded'}, None,
+     'the job completed but the worker reported an error: model not loaded'),
+    ({'result': 1, 'other': [1]}, None,
+     'found no image in output (keys: other, result); pass --output-key with the '
+     'dotted path of the image, e.g. --output-key result.0.png'),
+    ({'status': 'success', 'message': 'hello'}, None,
+     "output.message is neither base64, a data URI nor an http(s) URL: 'hello'"),
+    ({'message': 'hello'}, None,
+     'found no image in output (keys: message); pass --output-key with the dotted '
+     'path of the image, e.g. --output-key result.0.png'),
+    ({'image': 'ftp://host/x.png'}, None,
+     "output.image is a ftp: URL ('ftp://host/x.png'); only http(s) URLs are downloaded"),
+    ({'image': 'data:image/png,abc'}, None,
+     "output.image decodes to 3 bytes that are not an image (starts with b'abc'; the "
+     "worker may return raw pixels or text): 'data:image/png,abc'"),
+    ({'image': 'data:image/png;base64,@@@'}, None,
+     "output.image is a data URI whose base64 is invalid: 'data:image/png;base64,@@@'"),
+    ({'image': 'data:image/png;base64'}, None,
+     "output.image is a data URI without a comma: 'data:image/png;base64'"),
+    ({'a': {'b': [1]}}, 'a.b.3',
+     "output key 'a.b.3': index 3 is out of range at output.a.b (a list of 1)"),
+    ({'a': {'b': [1]}}, 'a.c',
+     "output key 'a.c': no 'c' at output.a (keys: b)"),
+    ({'a': {'b': [1]}}, 'a.b.0.x',
+     "output key 'a.b.0.x': no 'x' at output.a.b.0 (a int)"),
+    ({'a': {'b': ''}}, 'a.b',
+     "output key 'a.b' selects an empty value ('')"),
+    ({'a': 5}, 'a.x',
+     "output key 'a.x': no 'x' at output.a (a int)"),
+    ({'a': [1, 2]}, 'a.x',
+     "output key 'a.x': no 'x' at output.a (a list of 2)"),
+    ({'a': {}}, 'a.q',
+     "output key 'a.q': no 'q' at output.a (keys: none)"),
+    ({'a': {'z': 1, 'y': 2}}, 'a.q',
+     "output key 'a.q': no 'q' at output.a (keys: y, z)"),
+    ({"image": TEXT_B64}, None,
+     "output.image decodes to 29 bytes that are not an image (starts with "
+     "b'just some text, '; the worker may return raw pixels or text): " + repr(TEXT_B64)),
+    ("x" * 300, None,
+     "output decodes to 225 bytes that are not an image (starts with "
+     + repr(base64.b64decode("x" * 300)[:16])
+     + "; the worker may return raw pixels or text): '" + "x" * 59 + "…'"),
+])
+def test_what_the_user_reads_when_there_is_no_image(output: object, key: str | None,
+                                                     message: str) -> None:
+    with pytest.raises(OutputError) as caught:
+        extract(output, key)
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(("error", "line"), [
+    (None, 'no error message'),
+    ('', 'no error message'),
+    ('plain text', 'plain text'),
+    ('  {"error_type": "<class \'ValueError\'>", "error_message": "bad"}', 'ValueError: bad'),
+    ({'error_message': 'x', 'error_type': 'builtins.KeyError'}, 'KeyError: x'),
+    ({'error': {'message': 'deep'}}, 'deep'),
+    ([1, 2], '[1,2]'),
+    ({'error_traceback': 'tb', 'hostname': 'h'}, '{"hostname":"h"}'),
+    ({'message': 5}, '5'),
+    ('{"error": "{\\"error_message\\": \\"nested\\"}"}', 'nested'),
+])
+def test_the_workers_error_in_one_line(error: object, line: str) -> None:
+    assert decode_worker_error(error) == line
+
+
+def test_an_image_entry_may_name_its_data_image() -> None:
+    [artifact] = extract({"images": [{"filename": "cut.png", "image": B64}]})
+    assert artifact.data == png_bytes(0) and artifact.name == "cut.png"
+
+
+@pytest.mark.parametrize(("name", "stem"), [
+    ("x.png.", "x"),
+    ("x.png. . ", "x"),
+    (".hidden", "hidden"),
+    ("..png", "png"),
+    ("X.png", "X"),
+    ("REX", "REX"),
+    ("Xray.png", "Xray"),
+    ("my.photo.v2.png", "my_photo_v2"),
+    ("a/b\\c/d.e.png", "d_e"),
+    ("nul.tar.gz", "nul_tar"),
+    ("COM1.png", "_COM1"),
+    ("a" * 99 + " b.png", "a" * 99),
+    ("a" * 99 + "XX", "a" * 99 + "X"),
+    ("a" * 150, "a" * 100),
+    ("...", None),
+    (" . ", None),
+])
+def test_a_workers_file_name_becomes_a_safe_stem(name: str, stem: str | None) -> None:
+    assert safe_name(name) == stem
+
+
+@pytest.mark.parametrize("name", [5, 1.5, ["a.png"], {"a": 1}, b"a.png"])
+def test_a_file_name_that_is_no_text_is_ignored(name: object) -> None:
+    assert safe_name(name) is None  # type: ignore[arg-type]

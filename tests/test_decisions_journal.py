@@ -1,0 +1,308 @@
+"""Pinned decisions of the journal: what each event means for a rerun, which lines are read,
+and how a line is written so a crash leaves whole lines."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rpq.errors import UsageError
+from rpq.journal import Entry, Journal, job_key
+
+ANSWER_CANCELLED = {"id": "j1", "status": "CANCELLED"}
+
+
+def _both(path: Path, journal: Journal) -> list[Journal]:
+    """The journal as it stands in memory, and as a rerun reads it back."""
+    return [journal, Journal(path)]
+
+
+def _entry(journal: Journal, key: str = "k") -> Entry:
+    entry = journal.get(key)
+    assert entry is not None
+    return entry
+
+
+def _lines(path: Path, *events: dict[str, Any] | str) -> Journal:
+    path.write_text("".join((e if isinstance(e, str) else json.dumps(e)) + "\n" for e in events))
+    return Journal(path)
+
+
+def test_the_key_format_is_stable() -> None:
+    # Journals written by earlier runs must still match: the key is part of the file format.
+    assert job_key("abc", "s1") == "f13d0e052429d2cda8dae0703e35661e"
+
+
+# --- what each event means -------------------------------------------------------------------
+
+
+def test_an_intent_is_an_orphan_until_its_submit_is_answered(tmp_path: Path) -> None:
+    path = tmp_path / "j.jsonl"
+    journal = Journal(path)
+    journal.intent("k", "a.png", 2)
+    for j in _both(path, journal):
+        entry = _entry(j)
+        assert (entry.state, entry.rel, entry.attempts) == ("intent", "a.png", 2)
+        assert entry.job_id is None
+        assert j.orphans() == [entry] and j.in_flight() == []
+
+
+def test_a_submitted_job_is_in_flight_on_its_endpoint(tmp_path: Path) -> None:
+    path = tmp_path / "j.jsonl"
+    journal = Journal(path)
+    journal.intent("k", "a.png", 1)
+    journal.submitted("k", "j1", "ep-1", "http://127.0.0.1:9/v2")
+    for j in _both(path, journal):
+        entry = _entry(j)
+        assert (entry.state, entry.job_id, entry.endpoint) == ("submitted", "j1", "ep-1")
+        assert entry.in_flight and j.in_flight() == [entry] and j.orphans() == []
+
+
+def test_a_new_attempt_forgets_the_old_job(tmp_path: Path) -> None:
+    path = tmp_path / "j.jsonl"
+    journal = Journal(path)
+    journal.intent("k", "a.png", 1)
+    journal.submitted("k", "j1", "ep", "u")
+    journal.intent("k", "a.png", 2)
+    for j in _both(path, journal):
+        entry = _entry(j)
+        assert (entry.state, entry.job_id, entry.attempts) == ("intent", None, 2)
+        assert not entry.in_flight
+
+
+def test_an_intent_without_its_attempt_counts_one_more(tmp_path: Path) -> None:
+    journal = _lines(tmp_path / "j.jsonl",
+                     {"event": "intent", "key": "k", "rel": "a.png", "attempt": 3},
+                     {"event": "intent", "key": "k", "rel": "a.png"})
+    assert _entry(journal).attempts == 4
+
+
+def test_a_confirmed_cancel_lets_a_rerun_send_the_image_again(tmp_path: Path) -> None:
+    path = tmp_path / "j.jsonl"
+    journal = Journal(path)
+    journal.submitted("k", "j1", "ep", "u")
+    journal.cancelled("k", "j1", ANSWER_CANCELLED, "stalled")
+    for j in _both(path, journal):
+        entry = _entry(j)
+        assert entry.state == "cancelled" and not entry.in_flight
+        assert entry.cancels == [{"job_id": "j1", "answer": ANSWER_CANCELLED, "reason": "stalled"}]
+
+
+@pytest.mark.parametrize("answer", [
+    {"id": "j1", "status": "COMPLETED"},  # it ended first: its result is still to collect
+    {"id": "j1", "status": "IN_PROGRESS"},
+    "CANCELLED",  # not the endpoint's object
+    None,
+])
+def test_an_unconfirmed_cancel_keeps_the_job_in_flight(tmp_path: Path, answer: object) -> None:
+    path = tmp_path / "j.jsonl"
+    journal = Journal(path)
+    journal.submitted("k", "j1", "ep", "u")
+    journal.cancelled("k", "j1", answer, "stalled")
+    for j in _both(path, journal):
+        entry = _entry(j)
+        assert entry.state == "submitted" and entry.in_flight
+        assert [c["answer"] for c in entry.cancels] == [answer]
+
+
+def test_a_cancel_of_an_earlier_job_leaves_the_current_one_in_flight(tmp_path: Path) -> None:
+    path = tmp_path / "j.jsonl"
+    journal = Journal(path)
+    journal.submitted("k", "j2", "ep", "u")
+    journal.cancelled("k", "j1", ANSWER_CANCELLED, "moved")
+    journal.cancelled("k", "j0", ANSWER_CANCELLED, "moved")
+    for j in _both(path, journal):
+        entry = _entry(j)
+        assert entry.in_flight and entry.job_id == "j2"
+        assert [c["job_id"] for c in entry.cancels] == ["j1", "j0"]
+
+
+def test_a_cancel_before_any_submit_changes_no_state(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.jsonl")
+    journal.intent("k", "a.png", 1)
+    journal.cancelled("k", "j1", ANSWER_CANCELLED, "why")
+    assert _entry(journal).state == "intent"
+
+
+def test_a_lost_job_is_neither_in_flight_nor_an_orphan(tmp_path: Path) -> None:
+    path = tmp_path / "j.jsonl"
+    journal = Journal(path)
+    journal.submitted("k", "j1", "ep", "u")
+    journal.lost("k", "j1", "expired")
+    for j in _both(path, journal):
+        entry = _entry(j)
+        assert (entry.state, entry.job_id) == ("cancelled", None)
+        assert j.in_flight() == [] and j.orphans() == []
+
+
+@pytest.mark.parametrize(("status", "state"), [("COMPLETED", "done"), ("FAILED", "failed"),
+                                               ("CANCELLED", "failed"), ("TIMED_OUT", "failed")])
+def test_the_end_record_decides_done_or_failed(tmp_path: Path, status: str, state: str) -> None:
+    path = tmp_path / "j.jsonl"
+    journal = Journal(path)
+    journal.submitted("k", "j1", "ep", "u")
+    record = {"input": "dir/é.png", "status": status, "outputs": ["dir/é.png"]}
+    journal.end("k", record)
+    for j in _both(path, journal):
+        entry = _entry(j)
+        assert (entry.state, entry.rel, entry.record) == (state, "dir/é.png", record)
+        assert not entry.in_flight
+
+
+def test_end_records_are_kept_as_compact_text(tmp_path: Path) -> None:
+    # One record per image stays in memory for the whole run: no spaces, no \\u escapes.
+    journal = Journal(tmp_path / "j.jsonl")
+    journal.end("k", {"input": "é.png", "status": "COMPLETED"})
+    assert _entry(journal).record_text == '{"input":"é.png","status":"COMPLETED"}'
+
+
+def test_the_file_name_follows_the_latest_event_that_names_it(tmp_path: Path) -> None:
+    path = tmp_path / "j.jsonl"
+    journal = Journal(path)
+    journal.intent("k", "old.png", 1)
+    journal.submitted("k", "j1", "ep", "u")  # names no file: keeps it
+    assert _entry(journal).rel == "old.png"
+    journal.intent("k", "new.png", 2)
+    for j in _both(path, journal):
+        assert _entry(j).rel == "new.png"
+
+
+def test_an_entry_with_nothing_recorded_yet() -> None:
+    entry = Entry("k")
+    assert (entry.state, entry.record, entry.cancels, entry.in_flight) == ("new", None, [], False)
+
+
+def test_unknown_events_are_ignored(tmp_path: Path) -> None:
+    journal = _lines(tmp_path / "j.jsonl",
+                     {"event": "submitted", "key": "k", "rel": "a.png", "job_id": "j1"},
+                     {"event": "from-a-newer-rpq", "key": "k", "rel": "a.png"})
+    assert journal.torn_lines == 0 and _entry(journal).in_flight
+
+
+# --- which lines are read ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("line", [
+    {"event": "intent", "key": 7, "rel": "a.png", "attempt": 1},
+    {"event": "intent", "rel": "a.png", "attempt": 1},
+    {"event": "intent", "key": "k", "rel": ["a.png"], "attempt": 1},
+    {"event": "intent", "key": "k", "rel": "a.png", "attempt": -1},
+    {"event": "intent", "key": "k", "rel": "a.png", "attempt": True},
+    {"event": "intent", "key": "k", "rel": "a.png", "attempt": "2"},
+    {"event": "submitted", "key": "k", "rel": "a.png"},
+    {"event": "submitted", "key": "k", "rel": "a.png", "job_id": ""},
+    {"event": "submitted", "key": "k", "rel": "a.png", "job_id": 12},
+    {"event": "submitted", "key": "k", "job_id": "j1", "endpoint": 5},
+    {"event": "submitted", "key": "k", "job_id": "j1", "base_url": ["u"]},
+    {"event": "end", "key": "k", "record": "COMPLETED"},
+    {"event": "end", "key": "k", "record": {"status": "COMPLETED", "outputs": "a.png"}},
+    {"event": "end", "key": "k", "record": {"status": "COMPLETED", "outputs": ["a.png", 3]}},
+    '["event", "intent"]',
+    "",
+])
+def test_a_damaged_line_is_skipped_and_counted(tmp_path: Path, line: dict[str, Any] | str) -> None:
+    good = {"event": "intent", "key": "other", "rel": "b.png", "attempt": 1}
+    journal = _lines(tmp_path / "j.jsonl", good, line, good)
+    assert journal.torn_lines == 1
+    assert journal.get("k") is None
+    assert [e.rel for e in journal.orphans()] == ["b.png"]
+
+
+@pytest.mark.parametrize("line", [
+    {"event": "intent", "key": "k", "rel": "a.png", "attempt": 0},
+    {"event": "intent", "key": "k"},
+    {"event": "submitted", "key": "k", "job_id": "j1", "endpoint": None, "base_url": None},
+    {"event": "submitted", "key": "k", "job_id": "j1", "endpoint": "ep", "base_url": "u"},
+    {"event": "end", "key": "k", "record": {"status": "FAILED"}},
+    {"event": "end", "key": "k", "record": {"status": "COMPLETED", "outputs": None}},
+    {"event": "end", "key": "k", "record": {"status": "COMPLETED", "outputs": ["a.png"]}},
+    {"event": "cancel", "key": "k", "job_id": 5, "answer": [1]},
+    {"event": "lost", "key": "k"},
+])
+def test_a_line_rpq_could_have_written_is_read(tmp_path: Path, line: dict[str, Any]) -> None:
+    journal = _lines(tmp_path / "j.jsonl", line)
+    assert journal.torn_lines == 0 and journal.get("k") is not None
+
+
+def test_an_unreadable_journal_says_how_to_start_over(tmp_path: Path) -> None:
+    path = tmp_path / "j.jsonl"
+    path.mkdir()  # exists, yet cannot be read as a file
+    with pytest.raises(UsageError, match="--fresh") as caught:
+        Journal(path)
+    assert str(path) in str(caught.value)
+
+
+def test_no_journal_yet_is_an_empty_one(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "none" / "j.jsonl")
+    assert (journal.entries, journal.torn_lines) == ({}, 0)
+    assert not (tmp_path / "none").exists()  # nothing written before the first event
+
+
+# --- how lines are written --------------------------------------------------------------------
+
+
+def test_each_event_is_one_compact_line_with_a_time(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "j.jsonl"
+    with Journal(path) as journal:
+        journal.intent("k", "a.png", 1)
+        journal.submitted("k", "j1", "ep", "http://h/v2")
+        journal.cancelled("k", "j1", ANSWER_CANCELLED, "r")
+        journal.lost("k", "j1", "gone")
+        journal.end("k", {"input": "é.png", "status": "FAILED"})
+    raw = path.read_bytes()
+    assert raw.endswith(b"\n") and b"\n\n" not in raw
+    lines = raw.decode().splitlines()
+    assert " " not in lines[0] and "é" in lines[-1]
+    events = [json.loads(line) for line in lines]
+    assert [e["event"] for e in events] == ["intent", "submitted", "cancel", "lost", "end"]
+    assert all(isinstance(e["ts"], float) and e["ts"] > 1.7e9 for e in events)
+    assert events[1] == {"event": "submitted", "key": "k", "job_id": "j1", "endpoint": "ep",
+                         "base_url": "http://h/v2", "ts": events[1]["ts"]}
+    assert events[3]["reason"] == "gone" and events[2]["reason"] == "r"
+    assert events[4]["rel"] == "é.png"
+
+
+def test_a_line_torn_by_a_crash_is_ended_before_the_next_one(tmp_path: Path) -> None:
+    path = tmp_path / "j.jsonl"
+    path.write_bytes(b'{"event":"intent","key":"a","rel":"a.png","attempt":1}\n{"event":"end","ke')
+    journal = Journal(path)
+    journal.intent("k", "b.png", 1)
+    journal.close()
+    again = Journal(path)
+    assert again.torn_lines == 1
+    assert sorted(e.rel for e in again.orphans()) == ["a.png", "b.png"]
+
+
+def test_a_whole_last_line_gets_no_blank_line_after_it(tmp_path: Path) -> None:
+    path = tmp_path / "j.jsonl"
+    path.write_bytes(b'{"event":"intent","key":"a","rel":"a.png","attempt":1}\n')
+    with Journal(path) as journal:
+        journal.intent("k", "b.png", 1)
+    assert b"\n\n" not in path.read_bytes()
+    assert Journal(path).torn_lines == 0
+
+
+def test_the_journal_is_private_to_its_owner(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        with Journal(tmp_path / "j.jsonl") as journal:
+            journal.intent("k", "a.png", 1)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "j.jsonl").stat().st_mode & 0o777 == 0o600
+
+
+def test_writing_after_close_opens_the_file_again(tmp_path: Path) -> None:
+    path = tmp_path / "j.jsonl"
+    journal = Journal(path)
+    journal.close()  # nothing open yet: fine
+    journal.intent("k", "a.png", 1)
+    journal.close()
+    journal.close()
+    journal.submitted("k", "j1", "ep", "u")
+    journal.close()
+    assert _entry(Journal(path)).in_flight
