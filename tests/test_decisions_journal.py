@@ -202,7 +202,7 @@ def test_unknown_events_are_ignored(tmp_path: Path) -> None:
     {"event": "end", "key": "k", "record": {"status": "COMPLETED", "outputs": "a.png"}},
     {"event": "end", "key": "k", "record": {"status": "COMPLETED", "outputs": ["a.png", 3]}},
     '["event", "intent"]',
-    "",
+    "{",
 ])
 def test_a_damaged_line_is_skipped_and_counted(tmp_path: Path, line: dict[str, Any] | str) -> None:
     good = {"event": "intent", "key": "other", "rel": "b.png", "attempt": 1}
@@ -238,7 +238,7 @@ def test_an_unreadable_journal_says_how_to_start_over(tmp_path: Path) -> None:
 
 def test_no_journal_yet_is_an_empty_one(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "none" / "j.jsonl")
-    assert (journal.entries, journal.torn_lines) == ({}, 0)
+    assert (len(journal.entries), journal.torn_lines) == (0, 0)
     assert not (tmp_path / "none").exists()  # nothing written before the first event
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from helpers import FakeClock, LoopbackServer
+from helpers import FakeClock, LoopbackServer, respond
 from test_poll import DONE, QUEUED, RUNNING, Say, ScriptedEndpoint
 
 from rpq.api import RunPodClient
@@ -253,10 +253,8 @@ def test_a_job_due_in_exactly_the_margin_counts_as_due() -> None:
 
 
 def _answer_each(h: Any, seen: list[float], clock: FakeClock) -> None:
-    from helpers import answer
-
     seen.append(clock())
-    answer(h, 200, QUEUED if len(seen) == 1 else DONE)
+    respond(h, 200, QUEUED if len(seen) == 1 else DONE)
 
 
 # --- long polls --------------------------------------------------------------------------------
