@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from rpq.errors import UsageError
-from rpq.journal import Entry, Journal, job_key
+from rpq.journal import SAVE_EVERY, Entry, Journal, job_key
 
 ANSWER_CANCELLED = {"id": "j1", "status": "CANCELLED"}
 
@@ -306,3 +306,86 @@ def test_writing_after_close_opens_the_file_again(tmp_path: Path) -> None:
     journal.submitted("k", "j1", "ep", "u")
     journal.close()
     assert _entry(Journal(path)).in_flight
+
+
+# --- questions, with every entry in memory and with most of them in the index -----------------
+
+MANY = SAVE_EVERY + 44  # past one save: the first SAVE_EVERY keys go to the index
+
+
+def _filled(path: Path, n: int) -> Journal:
+    """n images: every third done (output out-i.png), every third failed, the rest in flight."""
+    journal = Journal(path)
+    for i in range(n):
+        key = f"k{i:04d}"
+        journal.intent(key, f"in-{i}.png", 1)
+        journal.submitted(key, f"j{i}", "ep", "u")
+        if i % 3 == 0:
+            journal.end(key, {"input": f"in-{i}.png", "status": "COMPLETED",
+                              "outputs": [f"out-{i}.png"]})
+        elif i % 3 == 1:
+            journal.end(key, {"input": f"in-{i}.png", "status": "FAILED",
+                              "outputs": [f"failed-{i}.png"]})
+    return journal
+
+
+@pytest.mark.parametrize("n", [5, MANY])
+def test_entries_answer_like_a_mapping(tmp_path: Path, n: int) -> None:
+    path = tmp_path / "j.jsonl"
+    for journal in (_filled(path, n), Journal(path)):
+        entries = journal.entries
+        assert len(entries) == n
+        assert "k0001" in entries and "nope" not in entries and 5 not in entries
+        assert entries["k0001"].rel == "in-1.png" and entries.get("k0002").job_id == "j2"
+        assert entries.get("nope") is None
+        with pytest.raises(KeyError, match="nope"):
+            entries["nope"]
+        keys = sorted(entries)
+        assert keys == [f"k{i:04d}" for i in range(n)]
+        assert sorted(entries.keys()) == keys
+        assert sorted(k for k, e in entries.items() if e.key == k) == keys
+        assert sorted(e.key for e in entries.values()) == keys
+
+
+@pytest.mark.parametrize("n", [5, MANY])
+def test_the_owner_of_an_earlier_output_is_a_finished_job(tmp_path: Path, n: int) -> None:
+    path = tmp_path / "j.jsonl"
+    _filled(path, n).close()
+    journal = Journal(path)
+    assert journal.output_owner("out-3.png") == "in-3.png"
+    assert journal.output_owner(f"out-{n - 2 - (n - 2) % 3}.png") == f"in-{n - 2 - (n - 2) % 3}.png"
+    assert journal.output_owner("failed-1.png") is None  # a failed job owns nothing
+    assert journal.output_owner("out-1.png") is None
+
+
+@pytest.mark.parametrize("n", [5, MANY])
+def test_in_flight_and_orphans_span_the_index_and_recent_lines(tmp_path: Path, n: int) -> None:
+    path = tmp_path / "j.jsonl"
+    journal = _filled(path, n)
+    journal.intent("late", "late.png", 1)  # after the last save: only in memory
+    journal.submitted("k0002", "j2b", "ep", "u")  # an indexed key changed since
+    expected = sorted(f"k{i:04d}" for i in range(n) if i % 3 == 2)
+    for j in (journal, Journal(path)):
+        assert sorted(e.key for e in j.in_flight()) == expected
+        assert j.get("k0002").job_id == "j2b"
+        assert [e.key for e in j.orphans()] == ["late"]
+        assert len(j.entries) == n + 1
+
+
+def test_a_second_writer_s_lines_are_folded_once(tmp_path: Path) -> None:
+    # `rpq cancel` appends to the journal a batch is writing: the batch folds those lines in
+    # file order, once, even after the other process saved the index past them.
+    path = tmp_path / "j.jsonl"
+    batch = Journal(path)
+    batch.submitted("k", "j1", "ep", "u")
+    other = Journal(path)
+    other.cancelled("k", "j1", ANSWER_CANCELLED, "rpq cancel")
+    for i in range(SAVE_EVERY + 1):
+        other.intent(f"x{i}", f"x{i}.png", 1)
+    other.close()
+    batch.intent("k2", "b.png", 1)
+    entry = _entry(batch)
+    assert entry.state == "cancelled" and len(entry.cancels) == 1
+    assert len(batch.entries) == SAVE_EVERY + 3
+    again = Journal(path)
+    assert len(_entry(again).cancels) == 1 and len(again.entries) == SAVE_EVERY + 3

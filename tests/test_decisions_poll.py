@@ -4,6 +4,7 @@ schedule of /status polls, the limits every poll keeps to, and the reasons it gi
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -198,6 +199,16 @@ def test_a_status_that_is_no_runpod_one_is_named_in_40_characters(
     result = _poller(clock, max_wait=10.0).wait(caller, "j1", START)
     assert result.reason == (f"no result within --max-wait 10s; the endpoint answered status "
                              f"{odd[:40]!r}, not a RunPod job status")
+
+
+def test_each_failed_poll_is_logged_with_the_pause_that_follows(
+        endpoint: ScriptedEndpoint, caller: Caller, clock: FakeClock,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="rpq.poll")
+    endpoint.on("status", Say(502, {"error": "bad gateway"}), Say(200, DONE))
+    _poller(clock).wait(caller, "j1", START)
+    assert [r.getMessage() for r in caplog.records if r.name == "rpq.poll"] == [
+        "polling again in 1.0s after: status: HTTP 502: bad gateway"]
 
 
 @pytest.mark.parametrize("code", [300, 304])

@@ -175,6 +175,19 @@ def test_a_rate_reads_seconds_minutes_or_hours(text: str, rate: Rate) -> None:
     assert Rate.parse(text) == rate
 
 
+def test_rate_units_are_read_in_any_case() -> None:
+    assert Rate.parse("5/MIN") == Rate.parse("5/Min") == Rate(5, 60.0)
+    assert Rate.parse("300/H") == Rate(300, 3600.0)
+
+
+def test_a_bad_rate_says_how_to_write_one() -> None:
+    with pytest.raises(UsageError) as caught:
+        Rate.parse("5/fortnight")
+    assert str(caught.value) == (
+        "--rate '5/fortnight' is not a rate. Write N/SECONDS, e.g. 5/60 or 5/60s for 5 jobs a "
+        "minute, or N/UNIT with s, min or h, e.g. 5/min or 300/h.")
+
+
 @pytest.mark.parametrize("bad", ["5/60X", "5/6/0", "5/", "/60", "5/0", "0/60", "5/-1",
                                  "five/min", "5/days"])
 def test_anything_else_is_no_rate(bad: str) -> None:
@@ -349,6 +362,24 @@ def test_a_rerun_sweeps_only_temp_files_a_killed_write_left(tmp_path: Path) -> N
     assert sweep_temp_files(out) == 2
     left = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
     assert left == [".dir.part", ".link.part", "a.png", "keep.part", "sub"]
+
+
+def test_a_temp_file_that_cannot_be_removed_does_not_stop_the_sweep(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".a.png.x1.part").write_bytes(b"half")
+    (out / ".b.png.x2.part").write_bytes(b"half")
+    real = Path.unlink
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        if self.name.startswith(".a.png"):
+            raise PermissionError(13, "Permission denied")
+        real(self, missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    assert sweep_temp_files(out) == 1
+    assert [p.name for p in out.iterdir()] == [".a.png.x1.part"]
 
 
 def test_written_files_get_the_usual_permissions(tmp_path: Path) -> None:
