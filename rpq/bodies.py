@@ -7,15 +7,23 @@ from typing import Any
 
 from rpq.budget import Budget, Hold
 from rpq.errors import InputError
-from rpq.images import ImageFile, prepare, prepare_cost
+from rpq.images import ImageFile, Prepared, prepare, prepare_cost
 from rpq.template import RequestTemplate
 
 #: RunPod's documented /run body limit.
 RUN_BODY_LIMIT = 10 * 1000 * 1000
 
 
+#: Prepares one image: what the template needs, the bytes and/or a URL to the image.
+Prepare = Callable[[ImageFile], tuple[Prepared, str | None]]
+
+
 class Bodies:
-    """Makes the request bodies of a batch's images; one instance per batch."""
+    """Makes the request bodies of a batch's images; one instance per batch.
+
+    `prepare` is the batch's own (a bucket's images may be sent by URL); by default, the
+    local file is prepared with `max_side` and `fmt`, which also size its cost.
+    """
 
     def __init__(
         self,
@@ -26,6 +34,7 @@ class Bodies:
         max_side: int | None = None,
         fmt: str | None = None,
         give_up: Callable[[], bool] | None = None,
+        prepare: Prepare | None = None,
     ) -> None:
         self.template = template
         self.budget = budget
@@ -33,6 +42,10 @@ class Bodies:
         self.max_side = max_side
         self.fmt = fmt
         self.give_up = give_up
+        self.prepare: Prepare = prepare or self._local
+
+    def _local(self, image: ImageFile) -> tuple[Prepared, str | None]:
+        return prepare(image, max_side=self.max_side, fmt=self.fmt), None
 
     def of(self, image: ImageFile) -> Body:
         return Body(self, image)
@@ -63,8 +76,8 @@ class Body:
         if hold is None:
             return None
         try:
-            prepared = prepare(self.image, max_side=b.max_side, fmt=b.fmt)
-            body = b.template.render(prepared, policy=b.policy)
+            prepared, url = b.prepare(self.image)
+            body = b.template.render(prepared, policy=b.policy, url=url)
             del prepared  # the body is all that is sent
             if len(body) > RUN_BODY_LIMIT:
                 raise InputError(
