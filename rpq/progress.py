@@ -9,6 +9,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol, TextIO
 
+from rpq.eta import Eta
 from rpq.metrics import JobRecord, percentile
 
 STATES = ("pending", "queued", "running", "done", "failed", "cancelled", "retried", "skipped")
@@ -45,6 +46,7 @@ class Tracker:
         self._process: deque[float] = deque(maxlen=2000)
         self._errors: deque[str] = deque(maxlen=4)
         self._finished = 0
+        self._eta = Eta()
         self.health: dict[str, Any] | None = None
         self.spend: float | None = None
 
@@ -62,6 +64,7 @@ class Tracker:
     def finished(self, record: JobRecord) -> None:
         with self._lock:
             self._finished += 1
+            self._eta.finished(self._clock())
             if record.queue_time is not None:
                 self._queue.append(record.queue_time)
             if record.process_time is not None:
@@ -75,12 +78,13 @@ class Tracker:
 
     def snapshot(self) -> Snapshot:
         with self._lock:
-            elapsed = max(self._clock() - self.started, 1e-9)
+            now = self._clock()
+            elapsed = max(now - self.started, 1e-9)
             throughput = self._finished / elapsed
             remaining = None if self.total is None else max(
                 self.total - self.counts["done"] - self.counts["failed"]
                 - self.counts["cancelled"] - self.counts["skipped"], 0)
-            eta = remaining / throughput if remaining is not None and throughput > 0 else None
+            eta = self._eta.estimate(now, remaining)
             queue, process = list(self._queue), list(self._process)
             return Snapshot(
                 counts=dict(self.counts), total=self.total, elapsed=elapsed,
