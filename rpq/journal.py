@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -16,6 +17,7 @@ from typing import Any
 
 from rpq.errors import UsageError
 from rpq.journal_index import JournalIndex, Mark
+from rpq.room import FULL_ERRNOS, Room
 
 JOURNAL_NAME = ".rpq-journal.jsonl"
 #: Entries held in memory before they go to the index. A journal with fewer keys never
@@ -103,9 +105,12 @@ class Journal:
     cannot keep an index (a read-only folder), every entry is held in memory instead.
     """
 
-    def __init__(self, path: Path, *, load: bool = True) -> None:
-        """`load=False` starts empty whatever the file holds (--fresh moves it aside later)."""
+    def __init__(self, path: Path, *, load: bool = True, room: bool = False) -> None:
+        """`load=False` starts empty whatever the file holds (--fresh moves it aside later);
+        `room=True` holds disk space for the lines of paid jobs (one batch per folder)."""
         self.path = path
+        self._room = Room(path.with_name(path.name.removesuffix(".jsonl") + ".room")) \
+            if room else None
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._recent: dict[str, Entry] = {}  # keys touched since the index was saved
@@ -290,7 +295,7 @@ class Journal:
                 size = os.fstat(self._fd).st_size
                 if size and os.pread(self._fd, 1, size - 1) != b"\n":
                     os.write(self._fd, b"\n")  # end a line torn by a crash, keep ours whole
-            os.write(self._fd, line)
+            self._append(line, paid=event["event"] != "intent")
             end = os.lseek(self._fd, 0, os.SEEK_CUR)
             if end - len(line) > self._applied:
                 # Lines written since our last one (rpq cancel, or the newline that ended a
@@ -301,6 +306,26 @@ class Journal:
             self._apply(event)
             self._applied = end
             self._save_when_full()
+
+    def _append(self, line: bytes, *, paid: bool) -> None:
+        """Write the whole line or none of it. A full disk refuses an intent (nothing is
+        sent) unless the room can be held; a line about a paid job takes from the room."""
+        assert self._fd is not None
+        if not paid and self._room is not None:
+            self._room.hold()
+        while True:
+            try:
+                written = os.write(self._fd, line)
+                if written == len(line):
+                    return
+                error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+            except OSError as exc:
+                written, error = 0, exc
+            if written:  # a torn line would spoil the next one appended to it: take it back
+                os.ftruncate(self._fd, os.lseek(self._fd, 0, os.SEEK_CUR) - written)
+            if error.errno not in FULL_ERRNOS or not paid or self._room is None \
+                    or not self._room.give():
+                raise error
 
     def intent(self, key: str, rel: str, attempt: int) -> None:
         """Before a /run is sent: a crash after this line and before `submitted` is an orphan."""
@@ -330,6 +355,8 @@ class Journal:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+            if self._room is not None:
+                self._room.close()
 
     def __enter__(self) -> Journal:
         return self

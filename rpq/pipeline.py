@@ -262,7 +262,7 @@ class Batch:
             os.replace(journal_path, journal_path.with_suffix(".jsonl.old"))
         started_wall = self.wall()
         sweep_temp_files(self.s.out)  # half-written files of a run that was killed
-        self.journal = Journal(journal_path)
+        self.journal = Journal(journal_path, room=True)
         self.writer.earlier_owner = self.journal.output_owner
         self.orphans = len(self.journal.orphans())
         # One walk (or listing) in a thread, ahead of the work: the total is known when it

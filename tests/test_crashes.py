@@ -5,6 +5,7 @@ for, no output file half-written, nothing paid twice, and a rerun finishes the w
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -32,6 +33,8 @@ from chaoskit import (
 )
 from helpers import wait_for
 from imaging import make_images
+
+from rpq.journal import JOURNAL_NAME, Journal
 
 
 def _jobs(out: Path) -> dict[str, dict[str, Any]]:
@@ -124,6 +127,35 @@ def test_a_full_disk_is_reported_and_a_rerun_finishes(tmp_path: Path, make_endpo
         for job in ep.jobs():
             per_image[job["input"]["image"]] = per_image.get(job["input"]["image"], 0) + 1
         assert max(per_image.values()) == 1, "an image was paid for twice"
+
+
+def test_a_full_disk_still_takes_the_lines_of_jobs_already_paid_for() -> None:
+    # Once /run has answered, the job's lines must reach the journal whatever filled the disk
+    # meanwhile, or a rerun would pay for the image again; a new job is refused instead.
+    with _tiny_tmpfs("64k") as disk:
+        journal = Journal(disk / JOURNAL_NAME, room=True)
+        keys = [f"k{i:02d}" for i in range(30)]
+        for key in keys:
+            journal.intent(key, f"{key}.png", 1)
+        fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        with contextlib.suppress(OSError):
+            while os.write(fd, bytes(1024)):
+                pass
+        os.close(fd)
+        for key in keys:  # more than the journal's last page holds
+            journal.submitted(key, f"job-{key}", "ep", "http://127.0.0.1")
+            journal.end(key, {"input": f"{key}.png", "status": "COMPLETED",
+                              "outputs": [f"{key}.png"]})
+        with pytest.raises(OSError) as refused:
+            journal.intent("new", "new.png", 1)
+        assert refused.value.errno == errno.ENOSPC
+        journal.close()
+        lines = (disk / JOURNAL_NAME).read_bytes().splitlines(keepends=True)
+        assert all(line.endswith(b"\n") and json.loads(line) for line in lines)
+        again = Journal(disk / JOURNAL_NAME)
+        assert all(again.get(key).state == "done" for key in keys)  # type: ignore[union-attr]
+        assert again.get("new") is None
+        assert sorted(p.name for p in disk.iterdir()) == [JOURNAL_NAME, "filler"]
 
 
 # --- the output folder made read-only mid-run -------------------------------------------------
