@@ -9,7 +9,7 @@ import json
 import re
 import secrets
 from collections.abc import Callable, Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from rpq.errors import UsageError
@@ -19,7 +19,7 @@ from rpq.images import Prepared
 #   {{image_base64}}    raw base64 of the bytes sent
 #   {{image_data_uri}}  data:<mime>;base64,<...>
 #   {{filename}}        file name with extension, e.g. "a b.jpg"
-#   {{stem}}            file name without its last extension, e.g. "a b"
+#   {{stem}}            file name without its last extension, e.g. "a b" (".hidden" keeps it all)
 #   {{rel}}             path relative to the batch root, e.g. "sub/a b.jpg"
 #   {{mime}}            MIME type of the bytes sent, e.g. "image/png"
 #   {{image_url}}       (bucket inputs) a presigned GET URL of the object: no bytes sent
@@ -246,11 +246,10 @@ class _Values:
 
     def text(self, name: str) -> str:
         p = self.prepared
-        filename = PurePosixPath(p.source.rel).name
         if name == "filename":
-            return filename
+            return file_name(p.source.rel)
         if name == "stem":
-            return PurePosixPath(filename).stem
+            return file_stem(file_name(p.source.rel))
         if name == "rel":
             return p.source.rel
         if name == "mime":
@@ -279,7 +278,7 @@ def upload_name(prepared: Prepared) -> str:
 
     The digest part keeps two inputs named alike (a/x.png, b/x.png) apart on one worker.
     """
-    stem = _UNSAFE_NAME_CHARS.sub("_", PurePosixPath(prepared.source.rel).stem).strip("._")
+    stem = _UNSAFE_NAME_CHARS.sub("_", file_stem(file_name(prepared.source.rel))).strip("._")
     return f"{stem[:60] or 'image'}-{prepared.digest[:12]}.{prepared.ext}"
 
 
@@ -289,6 +288,19 @@ def _b64_len(n: int) -> int:
 
 def _data_uri_prefix(mime: str) -> bytes:
     return b"data:" + _json_inner(mime) + b";base64,"
+
+
+def file_name(rel: str) -> str:
+    """The last part of `rel` exactly as it is: a path library would read "." as no name."""
+    return rel.rsplit("/", 1)[-1]
+
+
+def file_stem(name: str) -> str:
+    """`name` without its last extension. Leading dots are part of the name, not an
+    extension (".hidden", "..", "."), and neither is a dot at the end ("a.")."""
+    dots = len(name) - len(name.lstrip("."))
+    cut = name.rfind(".", dots)
+    return name[:cut] if 0 < cut < len(name) - 1 else name
 
 
 def _json_inner(text: str) -> bytes:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from rpq.errors import UsageError
@@ -110,6 +110,22 @@ def test_stem_drops_only_the_last_extension() -> None:
     assert body(t, p)["input"]["s"] == "archive.tar"
 
 
+@pytest.mark.parametrize(("rel", "filename", "stem"), [
+    ("a.png", "a.png", "a"),
+    ("x/.hidden", ".hidden", ".hidden"),  # a leading dot starts no extension
+    ("x/.hidden.png", ".hidden.png", ".hidden"),
+    ("..x.png", "..x.png", "..x"),
+    ("x/a.", "a.", "a."),  # nor does a dot at the end
+    ("x/.", ".", "."),  # no file is called that, but a bucket key can end so
+    ("..", "..", ".."),
+    ("x/ a .b", " a .b", " a "),
+])
+def test_filename_and_stem_of_odd_names(rel: str, filename: str, stem: str) -> None:
+    t = RequestTemplate({"input": {"f": "{{filename}}", "s": "{{stem}}",
+                                   "i": "{{image_base64}}"}}, source="t")
+    assert body(t, prepared(rel=rel))["input"] == {"f": filename, "s": stem, "i": b64()}
+
+
 def test_odd_file_names_are_escaped(tmp_path: Path) -> None:
     rel = 'dir "q"/new\nline \\ tab\t é 日本 \u2028.png'
     doc = {"input": {"name": "{{filename}}", "path": "[{{rel}}]", "i": "{{image_base64}}"}}
@@ -129,6 +145,8 @@ def test_undecodable_file_names_still_render_valid_json() -> None:
 
 
 @settings(max_examples=200)
+@example(name=".", folder="", data=b"")
+@example(name="a.", folder=".", data=b"")
 @given(
     name=st.text(min_size=1).filter(lambda s: "/" not in s),
     folder=st.text().filter(lambda s: "/" not in s),
@@ -139,7 +157,8 @@ def test_any_file_name_renders_to_json_carrying_it_exactly(
 ) -> None:
     rel = f"{folder}/{name}" if folder else name
     t = RequestTemplate(
-        {"input": {"f": "{{filename}}", "r": "<{{rel}}>", "u": "{{image_data_uri}}"}},
+        {"input": {"f": "{{filename}}", "s": "{{stem}}", "r": "<{{rel}}>",
+                   "u": "{{image_data_uri}}"}},
         source="t",
     )
     p = prepared(rel=rel, data=data)
@@ -147,6 +166,7 @@ def test_any_file_name_renders_to_json_carrying_it_exactly(
     assert t.body_size(p) == len(raw)
     parsed = json.loads(raw)
     assert parsed["input"]["f"] == name
+    assert name.startswith(parsed["input"]["s"]) and parsed["input"]["s"]
     assert parsed["input"]["r"] == f"<{rel}>"
     assert base64.b64decode(parsed["input"]["u"].split(",", 1)[1]) == data
 
