@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes, urlsplit
 
 from rpq.errors import RpqError
+from rpq.images import sniff as sniff_format
 from rpq.text import clip, one_line
 
+# One magic-byte rule for inputs and results (BigTIFF too): a result is decoded before saving.
 __all__ = ["Artifact", "OutputError", "decode_worker_error", "extract", "safe_name", "sniff_format"]
 
 _QUOTE_LIMIT = 200
@@ -25,7 +27,6 @@ _WHITESPACE = re.compile(r"\s+")
 _INDEX = re.compile(r"-?[0-9]+")
 _STD_B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 _URLSAFE_B64 = re.compile(r"[A-Za-z0-9_-]*={0,2}")
-_BMP_DIB_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
 _WINDOWS_RESERVED = frozenset(
     {"con", "prn", "aux", "nul"} | {f"com{i}" for i in range(10)} | {f"lpt{i}" for i in range(10)}
 )
@@ -68,25 +69,6 @@ def decode_worker_error(error: object) -> str:
     else:
         text = _compact_json(error)
     return one_line(text, _ONE_LINE_LIMIT) or "no error message"
-
-
-def sniff_format(data: bytes) -> str | None:
-    """The image format named by the magic bytes at the start of `data`, or None."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "gif"
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
-        return "tiff"
-    # "BM" alone is too weak (plain text can start with it), so also check the DIB header size.
-    dib_size = int.from_bytes(data[14:18], "little") if len(data) >= 18 else 0
-    if data[:2] == b"BM" and dib_size in _BMP_DIB_SIZES:
-        return "bmp"
-    return None
 
 
 def safe_name(name: str | None) -> str | None:

@@ -65,7 +65,8 @@ def named_like_an_image(rel: str) -> bool:
 
 
 def sniff(head: bytes) -> str | None:
-    """The image kind ("png", "jpeg", "webp", "gif", "bmp", "tiff") of a file's first bytes."""
+    """The image kind ("png", "jpeg", "webp", "gif", "bmp", "tiff") of a file's first bytes
+    (an input's, or a result's before it is decoded and saved); BigTIFF is "tiff" too."""
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
     if head.startswith(b"\xff\xd8\xff"):

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from batchkit import batch_args, endpoint_env, rpq
 from helpers import LoopbackServer, respond
 from imaging import jpeg_bytes, make_images, png_bytes
+from PIL import Image
 
 WORKER = '''
 import base64
@@ -133,3 +137,21 @@ def test_workflow_batch_against_a_comfy_worker(tmp_path: Path, make_endpoint) ->
     run = rpq(*batch_args(src, out, "--workflow", ui_export), env=endpoint_env(ep))
     assert run.code == 2
     assert "API" in run.stderr and "workflow.json" in run.stderr
+
+
+def test_a_bigtiff_result_is_saved(tmp_path: Path, make_endpoint) -> None:
+    # Pillow reads BigTIFF, so a worker that answers with one has made a usable result.
+    buffer = io.BytesIO()
+    Image.new("RGB", (7, 5), (200, 30, 60)).save(buffer, "TIFF", big_tiff=True)
+    bigtiff = buffer.getvalue()
+    assert bigtiff[:4] == b"II+\x00"
+
+    def handler(job: dict[str, Any]) -> dict[str, Any]:
+        return {"image_b64": base64.b64encode(bigtiff).decode()}
+
+    ep = make_endpoint(handler=handler)
+    src, out = tmp_path / "in", tmp_path / "out"
+    make_images(src, ["a"])
+    run = rpq(*batch_args(src, out), env=endpoint_env(ep))
+    assert run.code == 0, run.stderr
+    assert (out / "a.tif").read_bytes() == bigtiff
