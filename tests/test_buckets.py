@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 import requests
-from batchkit import endpoint_env, rpq, rpq_process
-from helpers import wait_for
+from batchkit import endpoint_env, in_flight, rpq, rpq_process, stop
+from helpers import Gate, wait_for
 from imaging import make_images, png_bytes
 from s3kit import S3Server, s3_server
 
@@ -235,3 +235,39 @@ def test_bucket_usage_errors_exit_2(args: list[str], message: str) -> None:
     run = rpq(*args)
     assert run.code == 2
     assert message in run.stderr
+
+
+def test_ctrl_c_then_rerun_against_a_bucket_output(s3: S3Server, bucket_name: str,
+                                                   tmp_path: Path, make_endpoint: Any) -> None:
+    gate = Gate(timeout=30)
+
+    def handler(job: dict[str, Any]) -> dict[str, Any]:
+        gate(job)
+        return {"image": job["input"]["image"]}
+
+    ep = make_endpoint(handler=handler, workers_max=1)
+    s3.bucket(bucket_name)
+    src = tmp_path / "in"
+    made = make_images(src, 4)
+    template = tmp_path / "t.json"
+    template.write_text('{"input": {"image": "{{image_base64}}", "gate": "g"}}')
+    journal_dir = tmp_path / "journal"
+    args = ("batch", src, "--out", f"s3://{bucket_name}/r/", "--journal-dir", journal_dir,
+            "--no-progress", "--input-template", template)
+    proc = rpq_process(*args, env=env(s3, ep))
+    try:
+        wait_for(lambda: gate.started and in_flight(journal_dir) == 4, timeout=20)
+        proc.send_signal(signal.SIGINT)  # stop submitting, cancel the queued ones
+        wait_for(lambda: sum(j["status"] == "CANCELLED" for j in ep.jobs()) == 3, timeout=20)
+        gate.open("g")
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        gate.open_all()
+        stop(proc)
+    assert proc.returncode == 130, stderr
+    assert f"rpq cancel --journal {journal_dir}" in stderr
+    assert len(outputs(s3.objects(bucket_name))) == 1  # the running job finished and was saved
+    rerun = rpq(*args, env=env(s3, ep))
+    assert rerun.code == 0, rerun.stderr
+    assert outputs(s3.objects(bucket_name)) == {f"r/{p.name}": p.read_bytes() for p in made}
+    assert Counter(j["status"] for j in ep.jobs()) == {"CANCELLED": 3, "COMPLETED": 4}
