@@ -11,10 +11,11 @@ from typing import Any
 
 from rpq.errors import UsageError
 from rpq.metrics import JobRecord
+from rpq.states import Kind, Status
 
 #: Failures that say something about the endpoint (bad local files do not).
-ENDPOINT_FAILURES = frozenset({"worker_error", "timed_out", "stalled", "expired", "no_output",
-                               "http_error"})
+ENDPOINT_FAILURES = frozenset({Kind.WORKER_ERROR, Kind.TIMED_OUT, Kind.STALLED, Kind.EXPIRED,
+                               Kind.NO_OUTPUT, Kind.HTTP_ERROR})
 #: A percentage threshold is judged only once this many jobs have finished.
 HALT_MIN_SAMPLE = 10
 ALERT_EVERY = 60.0
@@ -152,10 +153,10 @@ class Guards:
     def observe(self, record: JobRecord) -> str | None:
         """Account for one finished job; returns why the batch must stop submitting, if so."""
         with self._lock:
-            if record.error_kind == "bad_input":
+            if record.error_kind == Kind.BAD_INPUT:
                 return None
             self.finished += 1
-            if record.status != "COMPLETED" and record.error_kind in ENDPOINT_FAILURES:
+            if record.status != Status.COMPLETED and record.error_kind in ENDPOINT_FAILURES:
                 self.failed += 1
             self.billed_seconds += record.process_time or 0.0
             finished, failed, spend = self.finished, self.failed, self.spend

@@ -11,8 +11,13 @@ from typing import Any, Protocol, TextIO
 
 from rpq.eta import Eta
 from rpq.metrics import JobRecord, percentile
+from rpq.states import COLUMNS, Column, Status
 
-STATES = ("pending", "queued", "running", "done", "failed", "cancelled", "retried", "skipped")
+STATES = COLUMNS
+#: Columns whose jobs are over, in this run or an earlier one.
+_FINISHED = (Column.DONE, Column.FAILED, Column.CANCELLED, Column.SKIPPED)
+_SHOWN = (Column.QUEUED, Column.RUNNING, Column.DONE, Column.FAILED, Column.RETRIED,
+          Column.CANCELLED, Column.SKIPPED)
 
 
 @dataclass
@@ -69,7 +74,7 @@ class Tracker:
                 self._queue.append(record.queue_time)
             if record.process_time is not None:
                 self._process.append(record.process_time)
-            if record.status != "COMPLETED" and record.error:
+            if record.status != Status.COMPLETED and record.error:
                 self._errors.append(f"{record.input}: {record.error}"[:160])
 
     def error(self, text: str) -> None:
@@ -82,8 +87,7 @@ class Tracker:
             elapsed = max(now - self.started, 1e-9)
             throughput = self._finished / elapsed
             remaining = None if self.total is None else max(
-                self.total - self.counts["done"] - self.counts["failed"]
-                - self.counts["cancelled"] - self.counts["skipped"], 0)
+                self.total - sum(self.counts[c] for c in _FINISHED), 0)
             eta = self._eta.estimate(now, remaining)
             queue, process = list(self._queue), list(self._process)
             return Snapshot(
@@ -121,10 +125,10 @@ def _one_line(text: str) -> str:
 
 def _describe(record: JobRecord, skipped: bool) -> str:
     if skipped:
-        state = "done" if record.status == "COMPLETED" else "failed"
+        state = "done" if record.status == Status.COMPLETED else "failed"
         return f"skip    {record.input} ({state} in an earlier run)"
     times = f"queue {_secs(record.queue_time)} run {_secs(record.process_time)}"
-    if record.status == "COMPLETED":
+    if record.status == Status.COMPLETED:
         outs = ", ".join(record.outputs) or "-"
         return f"done    {record.input} -> {outs} ({times})"
     kind = record.error_kind or record.status.lower()
@@ -204,11 +208,10 @@ class LiveReporter:
         c = s.counts
         table = Table(title="rpq batch", title_justify="left", show_header=True,
                       header_style="bold", expand=False)
-        for name in ("queued", "running", "done", "failed", "retried", "cancelled", "skipped"):
+        for name in _SHOWN:
             table.add_column(name, justify="right")
-        table.add_row(*(str(c.get(n, 0)) for n in
-                        ("queued", "running", "done", "failed", "retried", "cancelled", "skipped")))
-        finished = c["done"] + c["failed"] + c["cancelled"] + c["skipped"]
+        table.add_row(*(str(c.get(n, 0)) for n in _SHOWN))
+        finished = sum(c[n] for n in _FINISHED)
         total = "?" if s.total is None else str(s.total)
         lines = [
             f"{finished}/{total} finished   {s.throughput * 60:.1f} jobs/min   "

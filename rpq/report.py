@@ -20,6 +20,7 @@ from rpq.metrics import (
     round3,
     summarize,
 )
+from rpq.states import Kind, Status
 from rpq.text import one_line
 
 if TYPE_CHECKING:
@@ -236,14 +237,15 @@ def failure_cause(job: JobRecord) -> str:
     """The job's error_kind, else one derived from its status."""
     if job.error_kind:
         return job.error_kind
-    derived = {"TIMED_OUT": "timed_out", "CANCELLED": "cancelled", "FAILED": "worker_error"}
+    derived = {Status.TIMED_OUT: Kind.TIMED_OUT, Status.CANCELLED: Kind.CANCELLED,
+               Status.FAILED: Kind.WORKER_ERROR}
     return derived.get(job.status, "unknown")
 
 
 def _failures(jobs: Sequence[JobRecord]) -> list[dict[str, Any]]:
     groups: dict[str, list[JobRecord]] = {}
     for job in jobs:
-        if job.status != "COMPLETED":
+        if job.status != Status.COMPLETED:
             groups.setdefault(failure_cause(job), []).append(job)
     rows = []
     for cause, members in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
@@ -302,7 +304,7 @@ def _cost(
     cold_time = sum(j.queue_time or 0.0 for j, c in zip(jobs, cold, strict=True) if c)
     billed = processing + cold_time
     run_cost = billed * price / 3600
-    completed = sum(1 for j in jobs if j.status == "COMPLETED")
+    completed = sum(1 for j in jobs if j.status == Status.COMPLETED)
     return {
         "price_per_hour": price,
         "processing_s": round3(processing),
@@ -613,7 +615,8 @@ def _spans(jobs: Sequence[JobRecord]) -> list[_Span]:
         process = max(job.process_time or 0.0, 0.0)
         label = job.input or job.job_id or f"job {number}"
         spans.append(
-            _Span(start, queue, process, max(end, start), job.status != "COMPLETED", is_cold, label)
+            _Span(start, queue, process, max(end, start), job.status != Status.COMPLETED, is_cold,
+                  label)
         )
     spans.sort(key=lambda s: s.start)
     return spans
