@@ -18,6 +18,7 @@ from typing import Any
 from rpq.errors import UsageError
 from rpq.journal_index import JournalIndex, Mark
 from rpq.room import FULL_ERRNOS, Room
+from rpq.states import Stage, Status
 
 JOURNAL_NAME = ".rpq-journal.jsonl"
 #: Entries held in memory before they go to the index. A journal with fewer keys never
@@ -40,7 +41,7 @@ class Entry:
 
     key: str
     rel: str = ""
-    state: str = "new"  # intent | submitted | cancelled | done | failed
+    state: str = Stage.NEW  # one of Stage
     job_id: str | None = None
     endpoint: str | None = None
     attempts: int = 0
@@ -62,7 +63,7 @@ class Entry:
 
     @property
     def in_flight(self) -> bool:
-        return self.state == "submitted" and self.job_id is not None
+        return self.state == Stage.SUBMITTED and self.job_id is not None
 
 
 def _is_text(value: object) -> bool:
@@ -253,11 +254,11 @@ class Journal:
         if isinstance(event.get("rel"), str):
             entry.rel = event["rel"]
         if kind == "intent":
-            entry.state = "intent"
+            entry.state = Stage.INTENT
             entry.job_id = None
             entry.attempts = int(event.get("attempt", entry.attempts + 1))
         elif kind == "submitted":
-            entry.state = "submitted"
+            entry.state = Stage.SUBMITTED
             entry.job_id = event.get("job_id")
             endpoint = event.get("endpoint")
             entry.endpoint = sys.intern(endpoint) if isinstance(endpoint, str) else None
@@ -266,13 +267,13 @@ class Journal:
                 entry.cancel_notes = []
             entry.cancel_notes.append({k: event.get(k) for k in ("job_id", "answer", "reason")})
             answer = event.get("answer")
-            if (entry.state == "submitted" and entry.job_id == event.get("job_id")
-                    and isinstance(answer, dict) and answer.get("status") == "CANCELLED"):
-                entry.state = "cancelled"  # gone from the endpoint: a rerun sends it again
+            if (entry.state == Stage.SUBMITTED and entry.job_id == event.get("job_id")
+                    and isinstance(answer, dict) and answer.get("status") == Status.CANCELLED):
+                entry.state = Stage.CANCELLED  # gone from the endpoint: a rerun sends it again
         elif kind == "lost":
             # The endpoint no longer has the job (expired, cancelled, or it restarted): a rerun
             # sends it again. Not an orphan: its submit was answered.
-            entry.state = "cancelled"
+            entry.state = Stage.CANCELLED
             entry.job_id = None
         elif kind == "end":
             record = event.get("record")
@@ -281,7 +282,7 @@ class Journal:
                 status = record.get("status")
             else:
                 entry.record_text, status = None, None
-            entry.state = "done" if status == "COMPLETED" else "failed"
+            entry.state = Stage.DONE if status == Status.COMPLETED else Stage.FAILED
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -372,11 +373,11 @@ class Journal:
 
     def in_flight(self) -> list[Entry]:
         """Jobs the endpoint accepted and whose end this journal never saw."""
-        return [e for e in self._in_state("submitted") if e.in_flight]
+        return [e for e in self._in_state(Stage.SUBMITTED) if e.in_flight]
 
     def orphans(self) -> list[Entry]:
         """Intents with no job id: the process died between sending /run and its answer."""
-        return self._in_state("intent")
+        return self._in_state(Stage.INTENT)
 
     def _in_state(self, state: str) -> list[Entry]:
         with self._lock:
@@ -395,7 +396,7 @@ class Journal:
             if self._owners is None:  # held in memory: look once, as the run starts
                 self._owners = {}
                 for e in self._recent.values():
-                    record = e.record if e.state == "done" else None
+                    record = e.record if e.state == Stage.DONE else None
                     for output in (record or {}).get("outputs") or []:
                         self._owners.setdefault(output, e.rel)
             return self._owners.get(name)

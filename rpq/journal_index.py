@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rpq.states import Stage
+
 if TYPE_CHECKING:
     from rpq.journal import Entry
 
@@ -172,7 +174,7 @@ def _entry(row: tuple[Any, ...]) -> Entry:
 
 
 def _outputs(e: Entry) -> Iterator[str]:
-    if e.state != "done" or e.record_text is None:
+    if e.state != Stage.DONE or e.record_text is None:
         return
     outputs = json.loads(e.record_text).get("outputs") or []
     yield from (o for o in outputs if isinstance(o, str))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from rpq.errors import UsageError
 from rpq.files import atomic_write
+from rpq.states import ERROR_KINDS, RECORD_STATUSES, Status
 
 __all__ = [
     "ERROR_KINDS",
@@ -20,22 +21,13 @@ __all__ = [
     "Metrics",
     "job_end",
     "load_metrics",
+    "now_iso",
     "percentile",
     "summarize",
     "write_metrics",
 ]
 
-TERMINAL_STATUSES = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
-ERROR_KINDS = (
-    "worker_error",
-    "timed_out",
-    "stalled",
-    "expired",
-    "http_error",
-    "bad_input",
-    "cancelled",
-    "no_output",
-)
+TERMINAL_STATUSES = RECORD_STATUSES
 TIME_FIELDS = ("queue_time", "process_time", "total_time")
 _FLOAT_FIELDS = ("submit_time", *TIME_FIELDS)
 _EXPECTED_SHAPE = (
@@ -119,6 +111,12 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[low] + (ordered[high] - ordered[low]) * fraction
 
 
+def now_iso(wall: float) -> str:
+    """A record's timestamp: UTC, milliseconds, ISO 8601 with a Z."""
+    ts = datetime.fromtimestamp(wall, tz=timezone.utc)
+    return ts.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def job_end(job: JobRecord) -> float | None:
     """Epoch seconds when the job's result was known: submit + total, else its timestamp."""
     if job.submit_time is not None and job.total_time is not None:
@@ -141,9 +139,9 @@ class RunStats:
 
     def add(self, job: JobRecord) -> None:
         self.total += 1
-        self.completed += job.status == "COMPLETED"
-        self.cancelled += job.status == "CANCELLED"
-        self.timed_out += job.status == "TIMED_OUT"
+        self.completed += job.status == Status.COMPLETED
+        self.cancelled += job.status == Status.CANCELLED
+        self.timed_out += job.status == Status.TIMED_OUT
         self.retried += max(job.attempts - 1, 0)
         for name, values in self._series.items():
             value = getattr(job, name)

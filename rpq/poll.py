@@ -13,13 +13,10 @@ from rpq.api import is_transient
 from rpq.errors import APIError
 from rpq.limiter import Clock, Sleep
 from rpq.metrics import ms_to_seconds
+from rpq.states import KNOWN, STARTED, TERMINAL, Outcome, Status
 from rpq.submit import Caller
 
 log = logging.getLogger("rpq.poll")
-
-TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
-STARTED = frozenset({"IN_PROGRESS", "RUNNING"})
-KNOWN = TERMINAL | STARTED | {"IN_QUEUE"}
 
 #: Longest a single long poll is held; short enough to notice a stall and refresh the table.
 MAX_LONG_POLL = 20.0
@@ -48,7 +45,7 @@ class StallDetector:
         if status in STARTED or status in TERMINAL:
             with self._lock:
                 self.last_progress = self._clock()
-                if status in STARTED or status == "COMPLETED":
+                if status in STARTED or status == Status.COMPLETED:
                     self._latest_started = max(self._latest_started, submitted_at)
 
     def stuck(self, queued_since: float) -> str | None:
@@ -101,7 +98,7 @@ class Timing:
 class PollResult:
     """How waiting for a job ended. `body` is the last job object seen (None if never)."""
 
-    outcome: str  # terminal | stalled | max_wait | expired | error | interrupted
+    outcome: Outcome
     body: dict[str, Any] | None
     reason: str = ""
     started_at: float | None = None  # monotonic time the job was first seen started
@@ -160,13 +157,13 @@ class Poller:
         """The end of the wait when rpq should stop: past --max-wait, told to stop, or stalled."""
         if self._clock() - watch.submitted_at >= self.max_wait:
             reason = f"no result within --max-wait {self.max_wait:.0f}s"
-            return watch.ended("max_wait", _explain(reason, watch.status, last_error))
+            return watch.ended(Outcome.MAX_WAIT, _explain(reason, watch.status, last_error))
         if stop is not None and stop():
-            return watch.ended("interrupted", "interrupted")
+            return watch.ended(Outcome.INTERRUPTED, "interrupted")
         if watch.status not in STARTED:
             stuck = self.detector.stuck(watch.queued_since)
             if stuck:
-                return watch.ended("stalled", _explain(stuck, watch.status, last_error))
+                return watch.ended(Outcome.STALLED, _explain(stuck, watch.status, last_error))
         return None
 
     def _poll_once(self, caller: Caller, job_id: str, watch: _Watch, backoff: _ErrorBackoff,
@@ -176,10 +173,10 @@ class Poller:
             answer = self._route.ask(caller, job_id, lambda: self._hold(watch.submitted_at))
         except APIError as exc:
             if exc.status == 404:
-                return watch.ended("expired", "the endpoint no longer knows the job "
+                return watch.ended(Outcome.EXPIRED, "the endpoint no longer knows the job "
                                    "(404: its ttl or result retention expired)")
             pause = backoff.failed(exc)
-            return watch.ended("error", str(exc)) if pause is None else pause
+            return watch.ended(Outcome.ERROR, str(exc)) if pause is None else pause
         if answer is None:  # the route changed under this ask: ask again the new way
             return delay
         backoff.succeeded()
@@ -187,7 +184,7 @@ class Poller:
         watch.saw(answer.body, self._clock)
         if watch.status in TERMINAL:
             self.timing.learn(answer.body)
-            return PollResult("terminal", answer.body, "", watch.started_at)
+            return PollResult(Outcome.TERMINAL, answer.body, "", watch.started_at)
         if answer.long_poll:
             return self._route.pause_after(answer)
         return self._next_delay(watch.queued_since, watch.started_at, delay)
@@ -221,7 +218,7 @@ class _Watch:
         self.submitted_at = submitted_at
         self.queued_since = queued_since
         self.on_status = on_status
-        self.status = "IN_QUEUE"
+        self.status: str = Status.IN_QUEUE
         self.last: dict[str, Any] | None = None
         self.started_at: float | None = None
 
@@ -232,11 +229,11 @@ class _Watch:
             self.on_status(status)
         if status in STARTED and self.started_at is None:
             self.started_at = clock()
-        elif status == "IN_QUEUE" and self.status in STARTED:
+        elif status == Status.IN_QUEUE and self.status in STARTED:
             self.queued_since = clock()  # the endpoint put it back (worker lost)
         self.status = status
 
-    def ended(self, outcome: str, reason: str) -> PollResult:
+    def ended(self, outcome: Outcome, reason: str) -> PollResult:
         return PollResult(outcome, self.last, reason, self.started_at)
 
 
@@ -300,8 +297,7 @@ class _Route:
         asked = self._clock()
         wait_ms = int(wait_s * 1000) if long_poll else None
         try:
-            body = caller.call("status-sync" if long_poll else "status",
-                               lambda: caller.client.status(job_id, wait_ms), attempts=1)
+            body = caller.status(job_id, wait_ms=wait_ms, attempts=1)
         except APIError as exc:
             if long_poll and self._refused(exc, caller, job_id):
                 return None
@@ -332,7 +328,7 @@ class _Route:
     def _sync_route_missing(self, caller: Caller, job_id: str) -> bool:
         """status-sync said 404: if /status knows the job, the route is what is missing."""
         try:
-            caller.call("status", lambda: caller.client.status(job_id), attempts=2)
+            caller.status(job_id, attempts=2)
         except APIError:
             return False
         self._fall_back()

@@ -29,8 +29,8 @@ ENDED: Final = TERMINAL - {Status.CANCELLED}
 RECORD_STATUSES: Final = (Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.TIMED_OUT)
 
 
-class Outcome(Enum):
-    """How waiting for a job ended."""
+class Outcome(str, Enum):
+    """How waiting for a job ended (equal to its plain name: Outcome.TERMINAL == "terminal")."""
 
     TERMINAL = "terminal"  # the endpoint reported a terminal status
     STALLED = "stalled"  # stuck in the queue (see StallDetector)
@@ -38,6 +38,9 @@ class Outcome(Enum):
     EXPIRED = "expired"  # the endpoint no longer knows the job (404)
     ERROR = "error"  # a poll failed in a way asking again cannot fix
     INTERRUPTED = "interrupted"  # rpq stopped waiting: Ctrl-C twice, or the job is moving
+
+    def __str__(self) -> str:
+        return self.value
 
 
 #: Outcomes that leave the job on the endpoint: rpq cancels it before recording it.

@@ -105,6 +105,12 @@ class Caller:
         """POST /run with retries; returns {"id", "status"}."""
         return self.call("run", lambda: self.client.run(body))
 
+    def status(self, job_id: str, *, wait_ms: int | None = None,
+               attempts: int | None = None) -> dict[str, Any]:
+        """GET /status (or, with `wait_ms`, a long poll held that long) with retries."""
+        op = "status" if wait_ms is None else "status-sync"
+        return self.call(op, lambda: self.client.status(job_id, wait_ms), attempts=attempts)
+
     def cancel(self, job_id: str) -> dict[str, Any]:
         """POST /cancel with retries; returns the server's answer."""
         return self.call("cancel", lambda: self.client.cancel(job_id))
