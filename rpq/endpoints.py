@@ -164,7 +164,7 @@ class Endpoints:
         caller = self.callers[self.primary]
         while not done.wait(HEALTH_EVERY):
             with contextlib.suppress(RpqError):
-                health = caller.call("health", caller.client.health, attempts=1)
+                health = caller.health(attempts=1)
                 show(health)
                 diagnosis = diagnose(health)
                 w = diagnosis.workers

@@ -13,7 +13,7 @@ from rpq.endpoints import Endpoints
 from rpq.errors import APIError
 from rpq.extract import OutputError, decode_worker_error
 from rpq.journal import Journal
-from rpq.metrics import JobRecord, now_iso
+from rpq.metrics import JobRecord, ms_to_seconds, now_iso, round3
 from rpq.poll import Poller, PollResult
 from rpq.progress import Tracker
 from rpq.states import ABANDONED, ENDED, STARTED, Column, Kind, Outcome, Status
@@ -197,17 +197,20 @@ class Runner:
         """Cancel what is given up on, save what completed, and say how it ended."""
         answer = ""
         if result.outcome in ABANDONED:
-            answer = self.endpoints.cancel(job.key, ticket.job_id, ticket.endpoint,
-                                           result.reason)
-            if answer in ENDED:
-                # It ended since our last look: collect that result, it is paid for.
-                ended = self.endpoints.fetch_ended(ticket.job_id, ticket.endpoint)
-                if ended is not None:
-                    result = PollResult(Outcome.TERMINAL, ended, "", result.started_at)
+            result, answer = self._settle(job, ticket, result)
         total, timestamp = round(self.clock() - ticket.mono, 3), now_iso(self.wall())
         saved = self._save(job.rel, result)
         record = record_of(job, ticket, result, saved, answer, total=total, timestamp=timestamp)
         return Ending(record, refetch=saved is not None and saved.refetch)
+
+    def _settle(self, job: Job, ticket: Ticket, result: PollResult) -> tuple[PollResult, str]:
+        """Cancel a job given up on; if it ended meanwhile, its end (it is paid for)."""
+        answer = self.endpoints.cancel(job.key, ticket.job_id, ticket.endpoint, result.reason)
+        if answer in ENDED:
+            ended = self.endpoints.fetch_ended(ticket.job_id, ticket.endpoint)
+            if ended is not None:
+                return PollResult(Outcome.TERMINAL, ended, "", result.started_at), answer
+        return result, answer
 
     def _save(self, rel: str, result: PollResult) -> Saved | None:
         """Write a completed job's outputs; None when it did not complete."""
@@ -240,7 +243,7 @@ def submit_failed(job: Job, endpoint: str, exc: APIError, since: float,
     final = " (not retried: a 4xx is final)" if four_xx and not is_transient(exc) else ""
     return JobRecord(input=job.rel, status=Status.FAILED, attempts=job.attempts,
                      error_kind=Kind.HTTP_ERROR, error=f"submit failed: {exc}{final}",
-                     submit_time=round(since, 3), endpoint=endpoint, timestamp=timestamp)
+                     submit_time=round3(since), endpoint=endpoint, timestamp=timestamp)
 
 
 #: How a wait that rpq gave up on is recorded: (status, error kind).
@@ -266,11 +269,11 @@ def _facts(job: Job, ticket: Ticket, result: PollResult, total: float,
     """What every record of an accepted job says, whatever its end."""
     body = result.body or {}
     worker = body.get("workerId")
-    queue = _seconds(body.get("delayTime"))
+    queue = ms_to_seconds(body.get("delayTime"))
     if queue is None and result.started_at is not None:
-        queue = round(result.started_at - ticket.mono, 3)
-    return dict(input=job.rel, job_id=ticket.job_id, submit_time=round(ticket.wall, 3),
-                queue_time=queue, process_time=_seconds(body.get("executionTime")),
+        queue = round3(result.started_at - ticket.mono)
+    return dict(input=job.rel, job_id=ticket.job_id, submit_time=round3(ticket.wall),
+                queue_time=queue, process_time=ms_to_seconds(body.get("executionTime")),
                 total_time=total, attempts=job.attempts,
                 worker_id=worker if isinstance(worker, str) else None,
                 endpoint=ticket.endpoint, timestamp=timestamp)
@@ -300,10 +303,3 @@ def _record(base: dict[str, Any], result: PollResult, saved: Saved | None,
                          "(executionTimeout or ttl)", error_kind=Kind.TIMED_OUT, **base)
     return JobRecord(status=Status.CANCELLED, error="cancelled", error_kind=Kind.CANCELLED,
                      **base)
-
-
-def _seconds(ms: object) -> float | None:
-    """A duration the endpoint gave in milliseconds, in seconds; None unless a number >= 0."""
-    if isinstance(ms, (int, float)) and not isinstance(ms, bool) and ms >= 0:
-        return round(ms / 1000.0, 3)
-    return None

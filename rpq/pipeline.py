@@ -87,6 +87,13 @@ def policy_of(settings: BatchSettings) -> dict[str, Any] | None:
     return policy or None
 
 
+def fingerprint(template: RequestTemplate, settings: BatchSettings) -> str:
+    """What makes two sends of one image the same request: part of its journal key."""
+    return hashlib.sha256("|".join([template.fingerprint(), str(settings.max_side),
+                                    str(settings.fmt), settings.endpoint.endpoint_id]).encode()
+                          ).hexdigest()
+
+
 def build_guards(settings: BatchSettings, tracker: Tracker,
                  clock: Callable[[], float]) -> Guards:
     alerter = Alerter(settings.alert_webhook, post_json, clock,
@@ -154,10 +161,7 @@ class Batch:
         if self.template.warning:
             reporter.message(f"warning: {self.template.warning}")
         self.policy = policy_of(settings)
-        self.fingerprint = hashlib.sha256(
-            "|".join([self.template.fingerprint(), str(settings.max_side), str(settings.fmt),
-                      ep.endpoint_id]).encode()
-        ).hexdigest()
+        self.fingerprint = fingerprint(self.template, settings)
         self.tracker = Tracker(clock)
         # --fresh moves the old journal aside when the run starts; a dry run leaves it be.
         self.journal = Journal(settings.out / JOURNAL_NAME, load=not settings.fresh,

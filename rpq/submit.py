@@ -111,6 +111,10 @@ class Caller:
         op = "status" if wait_ms is None else "status-sync"
         return self.call(op, lambda: self.client.status(job_id, wait_ms), attempts=attempts)
 
+    def health(self, *, attempts: int | None = None) -> dict[str, Any]:
+        """GET /health with retries."""
+        return self.call("health", self.client.health, attempts=attempts)
+
     def cancel(self, job_id: str) -> dict[str, Any]:
         """POST /cancel with retries; returns the server's answer."""
         return self.call("cancel", lambda: self.client.cancel(job_id))
