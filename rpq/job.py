@@ -103,6 +103,7 @@ class Runner:
         return self._follow(job, Ticket(job_id, endpoint, self.wall(), self.clock()), None)
 
     def _follow(self, job: Job, ticket: Ticket | None, body: bytes | None) -> Ending:
+        """Submit when there is no ticket, wait, and act on each decision until one concludes."""
         since = ticket.wall if ticket else self.wall()
         retries = self.job_retries
         self._count(job, Column.QUEUED)
@@ -120,9 +121,10 @@ class Runner:
                 if decision is Decision.CONCLUDE:
                     self._count(job, "")
                     return self._conclude(job, ticket, result)
+                if decision is Decision.RESUBMIT:
+                    retries -= 1
                 if decision is not Decision.COLLECT:
-                    retries -= decision is Decision.RESUBMIT
-                    ticket = None
+                    ticket = None  # that attempt was cancelled: send the image again
         finally:
             self._count(job, "")
 
