@@ -150,7 +150,7 @@ class PlainReporter:
         pass
 
     def job_done(self, record: JobRecord, skipped: bool = False) -> None:
-        if self.failures_only and (skipped or record.status == "COMPLETED"):
+        if self.failures_only and (skipped or record.status == Status.COMPLETED):
             return
         self._line(describe(record, skipped))
 
