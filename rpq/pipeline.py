@@ -1,12 +1,13 @@
 """The batch: discover -> deduplicate -> prepare -> a job per image -> record, with a journal.
 
-Layout, top to bottom: `Batch` (here) wires the stages, finds the images, skips or reuses what
-is done, and handles Ctrl-C. Each image to send becomes a `job.Job` that `job.Runner` submits,
-waits for (`poll`), moves or resubmits, and concludes; it returns an `Ending` (the record) and
-never calls back here. `endpoints.Endpoints` holds the primary and fallback endpoints, the live
-jobs, cancel and failover; `recorder.Recorder` takes every record (journal, progress, spool,
-stats, guards), says when the run must stop, and writes job_metrics.json. The vocabularies
-(statuses, poll outcomes, error kinds, columns) are defined once, in `states`.
+Layout, top to bottom: `Batch` (here) wires the stages, takes the images from `inputs.Inputs`
+(a folder, a list or a bucket), skips or reuses what is done, and handles Ctrl-C. Each image
+to send becomes a `job.Job` that `job.Runner` submits, waits for (`poll`), moves or resubmits,
+and concludes; it returns an `Ending` (the record) and never calls back here.
+`endpoints.Endpoints` holds the primary and fallback endpoints, the live jobs, cancel and
+failover; `recorder.Recorder` takes every record (journal, progress, spool, stats, guards),
+says when the run must stop, and writes job_metrics.json. The vocabularies (statuses, poll
+outcomes, error kinds, columns) are defined once, in `states`.
 """
 
 from __future__ import annotations
@@ -94,6 +95,15 @@ def fingerprint(template: RequestTemplate, settings: BatchSettings) -> str:
                           ).hexdigest()
 
 
+def build_writer(settings: BatchSettings, client: RunPodClient) -> ResultWriter:
+    writer = ResultWriter(settings.out, client, output_key=settings.output_key,
+                          save_json=settings.save_json,
+                          download_max_bytes=settings.download_max_mb << 20)
+    if settings.bucket_out:
+        writer.store = Bucket.at(settings.bucket_out, pool=settings.concurrency + 8)
+    return writer
+
+
 def build_guards(settings: BatchSettings, tracker: Tracker,
                  clock: Callable[[], float]) -> Guards:
     alerter = Alerter(settings.alert_webhook, post_json, clock,
@@ -167,11 +177,7 @@ class Batch:
         self.journal = Journal(settings.out / JOURNAL_NAME, load=not settings.fresh,
                                room=True)
         self.guards = build_guards(settings, self.tracker, clock)
-        self.writer = ResultWriter(settings.out, self.client, output_key=settings.output_key,
-                                   save_json=settings.save_json,
-                                   download_max_bytes=settings.download_max_mb << 20)
-        if settings.bucket_out:
-            self.writer.store = Bucket.at(settings.bucket_out, pool=settings.concurrency + 8)
+        self.writer = build_writer(settings, self.client)
         self.recorder = Recorder(settings, self.journal, self.tracker, reporter, self.guards,
                                  store=self.writer.store, wall=wall)
         self.endpoints = Endpoints(
