@@ -65,10 +65,10 @@ def test_stopping_early_stops_the_walk() -> None:
 
 def test_a_batch_walks_its_folder_once(tmp_path: Path, make_endpoint: Any,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    import rpq.pipeline as pipeline
+    import rpq.inputs as inputs
 
     walks: list[int] = []
-    real = pipeline.discover
+    real = inputs.discover
 
     def counting(*args: Any, **kwargs: Any) -> Iterator[Any]:
         walks.append(0)
@@ -76,7 +76,7 @@ def test_a_batch_walks_its_folder_once(tmp_path: Path, make_endpoint: Any,
             walks[-1] += 1
             yield item
 
-    monkeypatch.setattr(pipeline, "discover", counting)
+    monkeypatch.setattr(inputs, "discover", counting)
     ep = make_endpoint(handler="echo", workers_max=2)
     src = tmp_path / "in"
     make_images(src, 7)
