@@ -3,8 +3,18 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The suite also runs on the oldest and newest Pythons rpq supports, each in its own venv
+# (.venv-3.10, .venv-3.13) made from scratch with pyenv's interpreter (or pythonX.Y on PATH).
+EXTRA_PYTHONS ?= 3.10 3.13
+PYENV_ROOT ?= $(HOME)/.pyenv
+python_for = $(or $(lastword $(sort $(wildcard $(PYENV_ROOT)/versions/$(1).*/bin/python$(1)))),$(shell command -v python$(1)),$(error no Python $(1): install it with `pyenv install $(1)`))
+# On the extra Pythons: everything but the scale tests (marked slow) and the runs that repeat
+# the 3.11 ones at length (chaos, crashes, benchmark smoke); see README, Development.
+EXTRA_PYTEST ?= -m "not slow" --ignore=tests/test_chaos.py --ignore=tests/test_crashes.py \
+	--ignore=tests/test_bench_smoke.py --ignore=tests/test_serve_bench.py -q
 
-.PHONY: run test lint bench chaos serve clean images mutants
+.PHONY: run test test-extra lint bench chaos serve clean images mutants docs-images
+.PRECIOUS: .venv-%/.installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +30,19 @@ serve: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest
+	$(MAKE) test-extra
+
+test-extra: $(addprefix test-,$(EXTRA_PYTHONS))
+
+test-%: .venv-%/.installed
+	.venv-$*/bin/python -m pytest $(EXTRA_PYTEST)
+
+.venv-%/.installed: pyproject.toml
+	rm -rf .venv-$*
+	$(call python_for,$*) -m venv .venv-$*
+	.venv-$*/bin/python -m pip install --quiet --upgrade pip
+	.venv-$*/bin/python -m pip install --quiet -e '.[test]'
+	touch $@
 
 lint: $(STAMP)
 	$(BIN)/ruff check rpq tests bench scripts
@@ -46,5 +69,10 @@ mutants: $(STAMP)
 	HYPOTHESIS_PROFILE=mutants $(BIN)/mutmut run $(MUTATE) > /dev/null
 	$(BIN)/mutmut results --all true | $(BIN)/python scripts/mutation_score.py
 
+# The README's pictures (docs/live-table.svg, docs/timeline.png) from a real run against
+# rpq serve.
+docs-images: $(STAMP)
+	$(BIN)/python scripts/docs_images.py
+
 clean:
-	rm -rf $(VENV) sample_images_out .pytest_cache .mypy_cache .ruff_cache mutants
+	rm -rf $(VENV) .venv-* sample_images_out .pytest_cache .mypy_cache .ruff_cache mutants
