@@ -180,13 +180,13 @@ class LiveReporter:
 
         self.console = console or Console(stderr=True)
         self._live: Any = None
-        self._tracker: Tracker | None = None
+        self.tracker: Tracker | None = None
 
     def start(self, tracker: Tracker) -> None:
         from rich.live import Live
 
-        self._tracker = tracker
-        self._live = Live(get_renderable=self._render, console=self.console,
+        self.tracker = tracker
+        self._live = Live(get_renderable=self.render, console=self.console,
                           refresh_per_second=4, transient=False)
         self._live.start()
 
@@ -200,11 +200,12 @@ class LiveReporter:
         if self._live is not None:
             self._live.stop()
 
-    def _render(self) -> Any:
+    def render(self) -> Any:
+        """The table as it stands now (what the live display redraws)."""
         from rich.table import Table
 
-        assert self._tracker is not None
-        s = self._tracker.snapshot()
+        assert self.tracker is not None
+        s = self.tracker.snapshot()
         c = s.counts
         table = Table(title="rpq batch", title_justify="left", show_header=True,
                       header_style="bold", expand=False)

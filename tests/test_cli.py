@@ -63,8 +63,8 @@ def test_live_table_shows_counts_and_latency() -> None:
     clock.now = 60.0
     reporter = LiveReporter()
     reporter.console = Console(record=True, width=120, file=open("/dev/null", "w"))  # noqa: SIM115
-    reporter._tracker = tracker
-    reporter.console.print(reporter._render())
+    reporter.tracker = tracker
+    reporter.console.print(reporter.render())
     text = reporter.console.export_text()
     reporter.console.file.close()
     for piece in ("queued", "running", "done", "failed", "retried", "cancelled", "ETA",
