@@ -213,8 +213,12 @@ def test_profile_without_a_config_file_says_how_to_make_one(make_endpoint: Any) 
 
 
 def test_shell_completion_completes_commands_and_options() -> None:
-    script = rpq("--show-completion", "bash")
-    assert script.code == 0 and "_RPQ_COMPLETE" in script.stdout
+    # What `rpq --install-completion` writes into the shell's profile, per shell.
+    for shell, marker in (("bash", "complete -o default -F _rpq_completion rpq"),
+                          ("zsh", "#compdef rpq"), ("fish", "complete --command rpq")):
+        done = subprocess.run([str(RPQ)], env={**os.environ, "_RPQ_COMPLETE": f"source_{shell}"},
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0 and marker in done.stdout, (shell, done.stdout[:300])
 
     def complete(line: str) -> list[str]:
         env = {**os.environ, "_RPQ_COMPLETE": "complete_bash", "COMP_WORDS": line,

@@ -53,7 +53,8 @@ def test_stdin_list_without_a_folder(tmp_path: Path, make_endpoint,
 
 def test_absolute_paths_outside_the_folder_stay_inside_out(tmp_path: Path, make_endpoint) -> None:
     ep = make_endpoint(handler="echo", workers_max=1)
-    (elsewhere,) = make_images(tmp_path / "elsewhere", 1)
+    make_images(tmp_path / "elsewhere", 1)
+    elsewhere = tmp_path / "elsewhere" / "img_000.png"
     src = tmp_path / "in"
     src.mkdir()
     listing = tmp_path / "list.txt"

@@ -58,7 +58,7 @@ def batch(
     _check_files(settings)
     view = View(json_summary=json_out, dry_run=dry_run, live=not no_progress)
     if not ep.local:
-        raise typer.Exit(run_batch(settings, view))
+        raise typer.Exit(int(run_batch(settings, view)))
     from rpq.local import LocalEndpoint
 
     with LocalEndpoint(handler="remove-background", workers_max=local_workers,
@@ -68,7 +68,7 @@ def batch(
         local_ep = EndpointSettings(endpoint_id=local.endpoint_id, base_url=local.base_url)
         code = run_batch(replace(settings, endpoint=local_ep), view)
     if code != ExitCode.OK:
-        raise typer.Exit(code)
+        raise typer.Exit(int(code))
 
 
 def _places(folder: str | None, values: dict[str, Any]) -> dict[str, Any]:
