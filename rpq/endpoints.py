@@ -159,10 +159,11 @@ class Endpoints:
             self._moving.update(queued)
         self._say(f"failing over to {fallback}: {reason}; moving {len(queued)} queued job(s)")
 
-    def watch_health(self, done: threading.Event, show: Callable[[dict[str, Any]], None]) -> None:
+    def watch_health(self, done: threading.Event, show: Callable[[dict[str, Any]], None],
+                     every: float = HEALTH_EVERY) -> None:
         """Until `done`: show the primary's /health, and fail over when no worker can work."""
         caller = self.callers[self.primary]
-        while not done.wait(HEALTH_EVERY):
+        while not done.wait(every):
             with contextlib.suppress(RpqError):
                 health = caller.health(attempts=1)
                 show(health)
@@ -203,4 +204,4 @@ def _fallback_clients(settings: BatchSettings) -> list[RunPodClient]:
         # A full endpoint URL, e.g. another `rpq serve`: BASE/ID.
         base, _, fb = fb.rstrip("/").rpartition("/")
         base = check_base_url(base)
-    return [RunPodClient(base, fb, ep.api_key, pool_size=settings.concurrency + 8)]
+    return [RunPodClient(base, fb, ep.api_key, pool_size=settings.most_jobs_out + 8)]

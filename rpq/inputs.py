@@ -25,7 +25,7 @@ class Inputs:
             raise UsageError(f"--out {settings.out} is the input folder: results named like "
                              "their inputs would replace them. Pass another folder.")
         self._files = FileList(settings.files_from) if settings.files_from else None
-        self.bucket = Bucket.at(settings.bucket_in, pool=settings.concurrency + 8) \
+        self.bucket = Bucket.at(settings.bucket_in, pool=settings.most_jobs_out + 8) \
             if settings.bucket_in else None
         if template.needs_url and self.bucket is None:
             raise UsageError("{{image_url}} needs the images in a bucket (rpq batch "

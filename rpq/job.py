@@ -9,8 +9,10 @@ from enum import Enum
 from typing import Any
 
 from rpq.api import is_transient
+from rpq.bodies import Body
+from rpq.budget import Budget, result_cost
 from rpq.endpoints import Endpoints
-from rpq.errors import APIError
+from rpq.errors import APIError, InputError
 from rpq.extract import OutputError, decode_worker_error
 from rpq.journal import Journal
 from rpq.metrics import JobRecord, ms_to_seconds, now_iso, round3
@@ -79,6 +81,7 @@ class Runner:
         tracker: Tracker,
         *,
         job_retries: int,
+        budget: Budget,
         stopping: Callable[[], bool],
         halted: Callable[[], bool],
         clock: Callable[[], float] = time.monotonic,
@@ -90,19 +93,24 @@ class Runner:
         self.journal = journal
         self.tracker = tracker
         self.job_retries = job_retries
+        self.budget = budget
         self.stopping = stopping  # submit nothing new
         self.halted = halted  # stop waiting: everything in flight is being cancelled
         self.clock, self.wall = clock, wall
 
-    def send(self, job: Job, body: bytes) -> Ending:
-        """Submit the image to the active endpoint and follow it to its end."""
+    def send(self, job: Job, body: Body) -> Ending:
+        """Submit the image to the active endpoint and follow it to its end.
+
+        The body is made for each submit and dropped once it is sent: waiting on the endpoint
+        holds no image data, and a resubmit makes it again from the file.
+        """
         return self._follow(job, None, body)
 
     def resume(self, job: Job, job_id: str, endpoint: str) -> Ending:
         """Follow a job an earlier run submitted; it is never sent again."""
         return self._follow(job, Ticket(job_id, endpoint, self.wall(), self.clock()), None)
 
-    def _follow(self, job: Job, ticket: Ticket | None, body: bytes | None) -> Ending:
+    def _follow(self, job: Job, ticket: Ticket | None, body: Body | None) -> Ending:
         """Submit when there is no ticket, wait, and act on each decision until one concludes."""
         since = ticket.wall if ticket else self.wall()
         retries = self.job_retries
@@ -112,8 +120,8 @@ class Runner:
                 if ticket is None:
                     if body is None or self.stopping():
                         return Ending(None)
-                    sent = self._submit(job, body, since)
-                    if isinstance(sent, JobRecord):
+                    sent = self._send_body(job, body, since)
+                    if sent is None or isinstance(sent, JobRecord):
                         return Ending(sent)
                     ticket, since = sent, sent.wall
                 result = self._wait(job, ticket)
@@ -127,8 +135,26 @@ class Runner:
                     ticket = None  # that attempt was cancelled: send the image again
         finally:
             self._count(job, "")
+            self.budget.release_here()  # the last status reply read for this job
 
     # -- steps ------------------------------------------------------------------------------
+
+    def _send_body(self, job: Job, body: Body, since: float) -> Ticket | JobRecord | None:
+        """Make the body, submit it, drop it. None: the run stopped while waiting for memory."""
+        self.budget.release_here()  # an earlier attempt's last reply: never wait while holding
+        try:
+            data = body.open()
+        except InputError as exc:
+            return JobRecord(input=job.rel, status=Status.FAILED, error=str(exc),
+                             error_kind=Kind.BAD_INPUT, attempts=job.attempts,
+                             timestamp=now_iso(self.wall()))
+        if data is None:
+            return None
+        try:
+            return self._submit(job, data, since)
+        finally:
+            del data
+            body.close()
 
     def _submit(self, job: Job, body: bytes, since: float) -> Ticket | JobRecord:
         """POST /run to the active endpoint: the ticket, or the record of a failed submit."""
@@ -219,6 +245,11 @@ class Runner:
         body = result.body or {}
         if result.outcome is not Outcome.TERMINAL or body.get("status") != Status.COMPLETED:
             return None
+        # A large status reply was counted before it was read (RunPodClient.on_big_body);
+        # count what it did not cover (a reply sent without its length), so new images wait
+        # to be prepared until the result is written.
+        held = max(0, result_cost(body.get("output")) - self.budget.held_here())
+        self.budget.admit(held)
         try:
             return Saved(self.writer.write(rel, body))
         except OutputError as exc:
@@ -228,6 +259,8 @@ class Runner:
                          "fetches it again", refetch=True)
         except APIError as exc:
             return Saved([], f"could not save the result: {exc}")
+        finally:
+            self.budget.release(held)
 
     def _count(self, job: Job, column: str) -> None:
         if job.column != column:

@@ -13,6 +13,7 @@ outcomes, error kinds, columns) are defined once, in `states`.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import threading
 import time
@@ -23,9 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from rpq.api import RunPodClient, post_json
+from rpq.bodies import Bodies
+from rpq.budget import MB, Budget, map_large_blocks
+from rpq.concurrency import Concurrency, Gate
 from rpq.discovery import Discovered
-from rpq.endpoints import Endpoints, build_callers
-from rpq.errors import InputError, RpqError, UsageError
+from rpq.endpoints import HEALTH_EVERY, Endpoints, build_callers
+from rpq.errors import APIError, InputError, RpqError, UsageError
 from rpq.files import sweep_temp_files
 from rpq.guards import Alerter, Guards, GuardSettings, HaltRule
 from rpq.images import ImageFile, Skipped
@@ -41,9 +45,6 @@ from rpq.states import Column, Kind, Stage, Status
 from rpq.storage import Bucket, BucketError
 from rpq.template import RequestTemplate
 from rpq.write import ResultWriter
-
-#: RunPod's documented /run body limit.
-RUN_BODY_LIMIT = 10 * 1000 * 1000
 
 
 @dataclass
@@ -100,7 +101,7 @@ def build_writer(settings: BatchSettings, client: RunPodClient) -> ResultWriter:
                           save_json=settings.save_json,
                           download_max_bytes=settings.download_max_mb << 20)
     if settings.bucket_out:
-        writer.store = Bucket.at(settings.bucket_out, pool=settings.concurrency + 8)
+        writer.store = Bucket.at(settings.bucket_out, pool=settings.most_jobs_out + 8)
     return writer
 
 
@@ -158,13 +159,16 @@ class Batch:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        health_every: float | None = None,
     ) -> None:
         self.s = settings
+        # Auto concurrency steers by /health: look often enough to follow a scaling endpoint.
+        self.health_every = health_every or (HEALTH_EVERY if settings.concurrency else 1.0)
         self.reporter = reporter
         self.clock, self.wall = clock, wall
         ep = settings.endpoint
         self.client = client or RunPodClient(
-            ep.base_url, ep.endpoint_id, ep.api_key, pool_size=settings.concurrency + 8
+            ep.base_url, ep.endpoint_id, ep.api_key, pool_size=settings.most_jobs_out + 8
         )
         self.template = build_template(settings)
         self.inputs = Inputs(settings, self.template)
@@ -182,15 +186,27 @@ class Batch:
                                  store=self.writer.store, wall=wall)
         self.endpoints = Endpoints(
             build_callers(settings, self.client, clock=clock, sleep=sleep,
-                          on_retry=self.recorder.on_retry),
+                          on_retry=self._on_retry),
             self.journal, say=reporter.message, wall=wall)
         self._stop = threading.Event()  # submit nothing new (Ctrl-C, halt, budget)
         self._halt = threading.Event()  # second Ctrl-C: cancel everything in flight
         poller = Poller(StallDetector(settings.max_queue_time, clock), Timing(),
                         max_wait=settings.max_wait, mode=settings.poll_mode, clock=clock,
                         sleep=sleep)
+        self.concurrency = Concurrency(settings.concurrency, clock=clock)
+        self.gate = Gate(self.concurrency)
+        self.tracker.target = self.concurrency.target
+        self.budget = Budget(settings.memory_budget * MB)
+        self.bodies = Bodies(self.template, self.budget, policy=self.policy,
+                             max_side=settings.max_side, fmt=settings.fmt,
+                             give_up=self._stop.is_set, prepare=self.inputs.prepare)
+        for caller in self.endpoints.callers.values():
+            # A result inline in a status reply waits in the socket for room in the budget;
+            # counted three times over: the raw reply, its text, and the parsed JSON.
+            caller.client.on_big_body = lambda n: self.budget.charge_here(3 * n)
         self.runner = Runner(self.endpoints, poller, self.writer, self.journal, self.tracker,
-                             job_retries=settings.job_retries, stopping=self._stop.is_set,
+                             job_retries=settings.job_retries, budget=self.budget,
+                             stopping=self._stop.is_set,
                              halted=self._halt.is_set, clock=clock, wall=wall)
         self._lock = threading.Lock()
         self.interrupted = False
@@ -205,8 +221,9 @@ class Batch:
         for bucket in (self.inputs.bucket, self.writer.store):
             if bucket is not None:
                 bucket.check()  # a missing bucket or refused key ends the run before any job
-        self.tracker.health = self.endpoints.check()
-        return self.tracker.health
+        health = self.endpoints.check()
+        self._show_health(health)
+        return health
 
     def dry_run(self) -> dict[str, Any]:
         """What would be sent; sends nothing."""
@@ -239,6 +256,7 @@ class Batch:
         return preview
 
     def run(self) -> BatchResult:
+        map_large_blocks()  # freed image buffers go back to the system: RSS follows the budget
         self.s.out.mkdir(parents=True, exist_ok=True)
         if self.s.fresh and self.journal.path.exists():
             os.replace(self.journal.path, self.journal.path.with_suffix(".jsonl.old"))
@@ -251,7 +269,8 @@ class Batch:
         found = Discovered(self.inputs, self._counted)
         self.reporter.start(self.tracker)
         done = threading.Event()
-        threading.Thread(target=self.endpoints.watch_health, args=(done, self._show_health),
+        threading.Thread(target=self.endpoints.watch_health,
+                         args=(done, self._show_health, self.health_every),
                          name="rpq-health", daemon=True).start()
         with self.recorder.spooling():
             try:
@@ -293,6 +312,8 @@ class Batch:
         extra = "" if reason else " Ctrl-C again cancels all."
         self.reporter.message(f"{why}: submitting nothing new and cancelling queued jobs; "
                               f"running ones may finish.{extra}")
+        self.budget.wake()  # jobs waiting for memory to prepare an image give up now
+        self.gate.poke()
         self.endpoints.cancel_later(targets, why, queued_only=True)
 
     # -- dispatch ---------------------------------------------------------------------------
@@ -302,25 +323,29 @@ class Batch:
             self.tracker.total = count
 
     def _dispatch(self, found: Iterable[ImageFile | Skipped]) -> None:
-        slots = threading.BoundedSemaphore(self.s.concurrency * 2)
         pending: set[Future[None]] = set()
-        with ThreadPoolExecutor(self.s.concurrency, thread_name_prefix="rpq-job") as pool:
+        # A thread per image out; threads start as the target first needs them.
+        with ThreadPoolExecutor(self.s.most_jobs_out, thread_name_prefix="rpq-job") as pool:
             def launch(fn: Callable[..., None], *args: Any) -> bool:
-                while not slots.acquire(timeout=0.2):
-                    if self._stop.is_set():
-                        return False
+                if not self.gate.enter(self._stop.is_set):
+                    return False
                 fut = pool.submit(fn, *args)
                 pending.add(fut)
 
                 def done(f: Future[None]) -> None:
-                    slots.release()
+                    self.gate.leave()
                     pending.discard(f)
 
                 fut.add_done_callback(done)
                 return True
 
-            for item in found:
+            images = iter(found)
+            for item in images:
                 if self._stop.is_set() or not launch(self._guard, self._one, item):
+                    # Stopped: what was not launched is not sent either.
+                    for left in itertools.chain((item,), images):
+                        if isinstance(left, ImageFile):
+                            self.recorder.not_sent()
                     break
             # Jobs the journal shows in flight whose file is gone from the folder.
             for entry in self.journal.in_flight():
@@ -388,20 +413,7 @@ class Batch:
         if self._stop.is_set():
             self.recorder.not_sent()
             return
-        try:
-            prepared, url = self.inputs.prepare(item)
-            body = self.template.render(prepared, policy=self.policy, url=url)
-        except InputError as exc:
-            self._record(key, self._bad_input(item.rel, str(exc)))
-            return
-        del prepared
-        if len(body) > RUN_BODY_LIMIT:
-            mb = len(body) / 1e6
-            self._record(key, self._bad_input(
-                item.rel, f"request is {mb:.1f} MB, over RunPod's 10 MB /run limit. "
-                "Pass --max-side 2048 (or smaller) or --format jpeg to shrink it."))
-            return
-        self._ended(job, self.runner.send(job, body))
+        self._ended(job, self.runner.send(job, self.bodies.of(item)))
 
     def _resume_orphan(self, entry: Entry) -> None:
         self._resume(Job(entry.rel, entry.key, entry.attempts or 1), entry)
@@ -434,6 +446,10 @@ class Batch:
     # -- records ----------------------------------------------------------------------------
 
     def _ended(self, job: Job, ending: Ending) -> None:
+        if ending.record is not None and ending.record.queue_time is not None:
+            self.tracker.target = self.concurrency.started(ending.record.queue_time,
+                                                           self.gate.out)
+            self.gate.poke()
         if ending.record is None:
             self.recorder.not_sent()
         else:
@@ -455,6 +471,14 @@ class Batch:
 
     def _show_health(self, health: dict[str, Any]) -> None:
         self.tracker.health = health
+        if isinstance(health, dict):
+            self.tracker.target = self.concurrency.health(health)
+            self.gate.poke()
+
+    def _on_retry(self, op: str, exc: BaseException, delay: float) -> None:
+        self.recorder.on_retry(op, exc, delay)
+        if isinstance(exc, APIError) and exc.status == 429:
+            self.tracker.target = self.concurrency.throttled()
 
 
 __all__ = ["Batch", "BatchResult"]

@@ -36,6 +36,7 @@ class Snapshot:
     errors: list[str]
     health: dict[str, Any] | None
     spend: float | None = None
+    target: int | None = None  # jobs the batch keeps out now (--concurrency)
 
 
 class Tracker:
@@ -54,6 +55,7 @@ class Tracker:
         self._eta = Eta()
         self.health: dict[str, Any] | None = None
         self.spend: float | None = None
+        self.target: int | None = None
 
     def add(self, state: str, n: int = 1) -> None:
         with self._lock:
@@ -96,6 +98,7 @@ class Tracker:
                 queue_p50=percentile(queue, 50), queue_p95=percentile(queue, 95),
                 process_p50=percentile(process, 50), process_p95=percentile(process, 95),
                 errors=list(self._errors), health=self.health, spend=self.spend,
+                target=self.target,
             )
 
 
@@ -218,7 +221,8 @@ class LiveReporter:
             f"{finished}/{total} finished   {s.throughput * 60:.1f} jobs/min   "
             f"ETA {_secs(s.eta)}   elapsed {_secs(s.elapsed)}",
             f"queue p50 {_secs(s.queue_p50)} p95 {_secs(s.queue_p95)}   "
-            f"process p50 {_secs(s.process_p50)} p95 {_secs(s.process_p95)}",
+            f"process p50 {_secs(s.process_p50)} p95 {_secs(s.process_p95)}"
+            + ("" if s.target is None else f"   jobs out at most {s.target}"),
         ]
         if s.health:
             w = s.health.get("workers") or {}

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from rpq.budget import DEFAULT_BUDGET_MB
 from rpq.errors import UsageError
 from rpq.hosts import is_loopback
 from rpq.options import option, public_values
@@ -126,6 +127,19 @@ def _format(text: str) -> str:
     if fmt not in ("png", "jpeg", "jpg", "webp"):
         raise ValueError(f"{text!r}: use png, jpeg or webp")
     return "jpeg" if fmt == "jpg" else fmt
+
+
+def _concurrency(text: str) -> int | None:
+    """"auto" -> None (follow the endpoint); otherwise a pinned number of jobs out."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r}: use auto or a number of jobs from 1 to 400") from None
+    if not 1 <= n <= 400:
+        raise ValueError(f"{n} is out of range: use auto or a number from 1 to 400")
+    return n
 
 
 def _poll_mode(text: str) -> str:
@@ -244,8 +258,15 @@ class BatchSettings:
         help="policy.ttl: a job's lifetime from submission.")
     low_priority: bool = option("--low-priority", default=False, group=REQUEST,
                                 help="policy.lowPriority: do not trigger scale-up.")
-    concurrency: int = option("--concurrency", "-c", default=8, min=1, max=400, metavar="N",
-                              group=FLOW, help="Jobs in flight at once.")
+    concurrency: int | None = option(
+        "--concurrency", "-c", default=None, metavar="auto|N", group=FLOW, cli_type=str,
+        parse=_concurrency,
+        help="Jobs out at once. auto (the default): the endpoint's workers plus a short queue "
+        "for its scaler, fewer when the batch's jobs queue up. N (1-400) pins it.")
+    memory_budget: int = option(
+        "--memory-budget", default=DEFAULT_BUDGET_MB, min=16, metavar="MB", group=FLOW,
+        help="Image bytes held at once (decoded pixels, request bodies, results), whatever "
+        "the concurrency; jobs only waiting on the endpoint hold none.")
     rate: str | None = option("--rate", default=None, metavar="N/SECONDS", group=FLOW,
                               parse=_rate,
                               help="Cap submissions, e.g. 5/60, 5/60s, 5/min or 300/h.")
@@ -312,6 +333,13 @@ class BatchSettings:
             raise UsageError("--fallback-endpoint is the same as the endpoint: name another one.")
 
     @property
+    def most_jobs_out(self) -> int:
+        """The pinned --concurrency, or the most that auto ever keeps out."""
+        from rpq.concurrency import AUTO_CEILING
+
+        return self.concurrency or AUTO_CEILING
+
+    @property
     def metrics_path(self) -> Path:
         return self.metrics or self.out / "job_metrics.json"
 
@@ -322,6 +350,7 @@ class BatchSettings:
             "endpoint": self.endpoint.endpoint_id,
             "base_url": self.endpoint.base_url or "(built-in local endpoint)",
             **public_values(self),
+            "concurrency": self.concurrency or "auto",
         }
         if self.bucket_out:
             values["out"], values["journal_dir"] = self.bucket_out, str(self.out)

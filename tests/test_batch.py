@@ -40,7 +40,8 @@ def test_round_trip_writes_every_image_and_metrics(tmp_path: Path, make_endpoint
     for key in ("job_id", "submit_time", "queue_time", "process_time", "total_time", "status",
                 "timestamp", "input", "outputs", "attempts", "worker_id", "endpoint"):
         assert key in job
-    assert data["run"]["settings"]["concurrency"] == 8
+    assert data["run"]["settings"]["concurrency"] == "auto"
+    assert data["run"]["settings"]["memory_budget"] == 192
     assert ep.calls()["run"] == 6
     assert "6 of 6 images done" in run.stderr
     # Results are ordinary files (the umask applies), not private temp files.

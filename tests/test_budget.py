@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import platform
 import random
+import sys
 import threading
 from collections.abc import Callable
 
 import pytest
 from helpers import wait_for
 
-from rpq.budget import Budget, text_bytes
+from rpq.budget import Budget, map_large_blocks, text_bytes
 
 
 class Acquirer:
@@ -181,3 +183,9 @@ def test_a_thread_never_waits_while_holding_its_own_charge() -> None:
     # 90 would not fit next to the 80 this thread holds, but those are given back first.
     assert budget.charge_here(90)
     assert budget.in_use == 90
+
+
+@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc",
+                    reason="glibc only")
+def test_large_blocks_are_mapped_on_their_own_under_glibc() -> None:
+    assert map_large_blocks()

@@ -101,7 +101,7 @@ def test_batch_and_serve_help_is_grouped_with_examples() -> None:
     assert _sections(batch) == ["Arguments", "Endpoint", "Input", "Request", "Flow control",
                                 "Output", "Alerts and cost", "General", "Examples"]
     for placeholder in ("--out DIR", "--input-template FILE.json", "--rate N/SECONDS",
-                        "--cost-per-hour PRICE", "--max-wait SECONDS", "-c, --concurrency N"):
+                        "--cost-per-hour PRICE", "--max-wait SECONDS", "-c, --concurrency auto|N"):
         assert placeholder in batch, placeholder
     serve = rpq("serve", "--help").stdout
     assert _sections(serve) == ["Endpoint", "Workers", "Faults and limits", "General",
