@@ -631,7 +631,8 @@ def render(done: dict[str, Scenario], meta: dict[str, Any]) -> str:
         "limits, the `echo` handler plus a simulated processing time, and always-on workers "
         "unless the scenario says otherwise. On SIGTERM it writes its request counts and "
         "job timeline.",
-        "- rpq: `rpq batch DIR --out OUT --no-progress --concurrency N --fresh` as a separate "
+        "- rpq: `rpq batch DIR --out OUT --no-progress --concurrency N --fresh` (scenario 9: "
+        "without `--concurrency`, its default `auto`) as a separate "
         "process, with RUNPOD_ENDPOINT_BASE_URL / RUNPOD_ENDPOINT_ID.",
         "- Baseline (`bench/baseline_sdk.py`): what a user writes today with runpod 1.12.0: "
         "`runpod.endpoint_url_base = BASE`, `runpod.Endpoint(ID)`, a ThreadPoolExecutor with the "
@@ -642,7 +643,9 @@ def render(done: dict[str, Scenario], meta: dict[str, Any]) -> str:
         "client. Wall: the client command from spawn to exit. Detection lag: result on disk "
         "(rpq's journal `end` event, the baseline's time after writing) minus the job's end on "
         "the endpoint, on one clock (CLOCK_MONOTONIC, anchored to wall time in the snapshot). "
-        "Peak RSS and CPU of the client: wait4().",
+        "CPU of the client: wait4(). Peak RSS: the client's own high-water mark (VmHWM), read "
+        "every 0.1 s (wait4's ru_maxrss would also count the bench process it was forked "
+        "from).",
         "",
         "## Figures",
         "",
@@ -691,7 +694,8 @@ def merge(old: str, new: str, ran: set[str], meta: dict[str, Any]) -> str:
     def key_of(line: str) -> str:
         return line.split("|")[1].strip()
 
-    rows = [r for r in table_rows(old) if key_of(r) not in ran] + table_rows(new)
+    rows = ([r for r in table_rows(old) if key_of(r) not in ran]
+            + [r for r in table_rows(new) if key_of(r) in ran])
     rows.sort(key=lambda r: int(key_of(r)))
     old_s, new_s = _sections(old), _sections(new)
     keep = {title: body for title, body in old_s.items()
