@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import bisect
 import json
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -204,6 +205,22 @@ def test_the_users_rate_applies_to_submissions_only() -> None:
     assert clock.slept == []
 
 
+def test_each_wait_for_a_limit_is_logged_and_says_whose_limit(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="rpq")
+    clock = FakeClock()
+    limiters = Limiters(Rate.parse("2/1"), clock=clock, sleep=clock.sleep)
+    limiters.acquire("run")  # no wait: nothing to say
+    limiters.acquire("run")
+    for _ in range(9):
+        limiters.acquire("cancel")  # RunPod's /cancel burst
+    limiters.acquire("cancel")
+    assert [r.getMessage() for r in caplog.records] == [
+        "pacing: waited 0.50s before submitting (--rate)",
+        "pacing: waited 0.11s before cancel (RunPod's rate limit)",
+    ]
+
+
 def test_a_429_pause_holds_that_operation_only() -> None:
     clock = FakeClock()
     limiters = Limiters(clock=clock, sleep=clock.sleep)
@@ -245,6 +262,54 @@ def test_jobs_with_no_known_time_count_against_the_sla() -> None:
 def test_sla_on_no_jobs_is_not_a_pass() -> None:
     line = _sla("95:60", [])
     assert (line["share"], line["passed"]) == (None, False)
+
+
+def test_the_sla_line_shows_the_actual_percentile() -> None:
+    line = _sla("50:10", [1.0, 2.0, 3.0, 4.0, None])
+    assert line["actual_s"] == 2.5  # the median of the known times
+    assert _sla("50:10", [None])["actual_s"] is None
+
+
+@pytest.mark.parametrize(("spec", "targets"), [
+    ("100:60", [(100.0, 60.0)]), ("95%:60s", [(95.0, 60.0)]), (" 95 : 60 ", [(95.0, 60.0)]),
+    ("95:60,99:120", [(95.0, 60.0), (99.0, 120.0)]), ("50:0.5", [(50.0, 0.5)]),
+    ("1:60", [(1.0, 60.0)]), ("0.5:60", [(0.5, 60.0)]), ("1:1", [(1.0, 1.0)]),
+])
+def test_sla_pairs_that_are_read(spec: str, targets: list[tuple[float, float]]) -> None:
+    assert [(t.percent, t.limit) for t in parse_sla(spec)] == targets
+
+
+HINT = " (if {0} is the seconds, the percent comes first: {1}:{0})"
+SHARE = "{}% is not a share of jobs: the percent must be over 0 and at most 100"
+
+
+@pytest.mark.parametrize(("spec", "problem"), [
+    ("95", "'95' is not PERCENT:SECONDS"),
+    ("95:", "'95:' is not PERCENT:SECONDS"),
+    ("x:60", "'x:60' is not PERCENT:SECONDS"),
+    ("95X:60", "'95X:60' is not PERCENT:SECONDS"),
+    ("95:60X", "'95:60X' is not PERCENT:SECONDS"),
+    ("95:nan", "'95:nan' is not PERCENT:SECONDS"),
+    ("95:60,99", "'99' is not PERCENT:SECONDS"),
+    ("0:60", SHARE.format(0)),
+    ("-5:60", SHARE.format(-5)),
+    ("150:101", SHARE.format(150)),
+    ("150:0", SHARE.format(150)),
+    ("150:10", SHARE.format(150) + HINT.format(150, 10)),
+    ("150:100", SHARE.format(150) + HINT.format(150, 100)),
+    ("150:0.5", SHARE.format(150) + HINT.format(150, 0.5)),
+    ("101:100", SHARE.format(101) + HINT.format(101, 100)),
+    ("100.5:60", SHARE.format(100.5) + HINT.format(100.5, 60)),
+    ("95:0", "0 s is not a time limit: the seconds must be over 0"),
+    ("95:-1", "-1 s is not a time limit: the seconds must be over 0"),
+    ("95:inf", "inf s is not a time limit: the seconds must be over 0"),
+])
+def test_a_bad_sla_pair_is_named_with_what_is_wrong(spec: str, problem: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        parse_sla(spec)
+    assert str(caught.value) == (
+        f"bad --sla {spec!r}: {problem}. Give PERCENT:SECONDS pairs separated by commas, for "
+        "example --sla 95:60,99:120 (95% of jobs within 60 s, 99% within 120 s)")
 
 
 def test_every_target_must_pass() -> None:
