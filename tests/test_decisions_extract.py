@@ -145,3 +145,56 @@ def test_a_workers_file_name_becomes_a_safe_stem(name: str, stem: str | None) ->
 @pytest.mark.parametrize("name", [5, 1.5, ["a.png"], {"a": 1}, b"a.png"])
 def test_a_file_name_that_is_no_text_is_ignored(name: object) -> None:
     assert safe_name(name) is None  # type: ignore[arg-type]
+
+
+NO_IMAGE = ("found no image in {} (keys: {}); pass --output-key with the dotted path of the "
+            "image, e.g. --output-key result.0.png")
+
+
+@pytest.mark.parametrize(("output", "message"), [
+    ({"output": {}}, NO_IMAGE.format("output", "output")),  # an empty nested output is skipped
+    ({"output": {"result": 1}}, NO_IMAGE.format("output.output", "result")),
+    ({"": 5}, NO_IMAGE.format("output", "none")),
+    ({"status": "other", "message": B64}, NO_IMAGE.format("output", "message, status")),
+    ({"images": ["nope"]},
+     "output.images[0] decodes to 3 bytes that are not an image (starts with b'\\x9e\\x8a^'; "
+     "the worker may return raw pixels or text): 'nope'"),
+    ({"images": [{"data": "%%%"}]},
+     "output.images[0] is neither base64, a data URI nor an http(s) URL: '%%%'"),
+    ({"image": "data:image/png;base64,AAAA,BBBB"},
+     "output.image is a data URI whose base64 is invalid: 'data:image/png;base64,AAAA,BBBB'"),
+    ({"image": "data:image/png;base64,"},
+     "output.image is a data URI whose base64 is invalid: 'data:image/png;base64,'"),
+    ({"image": "Zm 9v"}, "output.image decodes to 3 bytes that are not an image (starts with "
+                         "b'foo'; the worker may return raw pixels or text): 'Zm 9v'"),
+    ({"status": "error", "error": "x", "error_type": "ValueError"},
+     "the job completed but the worker reported an error: x"),
+])
+def test_more_of_what_the_user_reads(output: object, message: str) -> None:
+    with pytest.raises(OutputError) as caught:
+        extract(output)
+    assert str(caught.value) == message
+
+
+def test_base64_with_padding_past_its_end_is_refused() -> None:
+    text = B64 + "===="
+    with pytest.raises(OutputError, match="is neither base64"):
+        extract({"image": text})
+
+
+def test_a_url_that_does_not_parse_is_never_fetched() -> None:
+    with pytest.raises(OutputError, match=r"http://\[::1"):
+        extract({"image": "http://[::1"})
+
+
+def test_a_message_without_a_status_is_taken_when_it_is_an_image() -> None:
+    assert [a.data for a in extract({"message": B64})] == [png_bytes(0)]
+
+
+@pytest.mark.parametrize(("extra", "name"), [
+    ({"name": "cut.png"}, "cut.png"), ({"filename": "f.png", "name": "n.png"}, "f.png"),
+    ({"filename": 5}, None), ({"filename": ""}, None), ({}, None),
+])
+def test_the_workers_name_for_an_image(extra: dict[str, object], name: str | None) -> None:
+    [artifact] = extract({"image": B64, **extra})
+    assert artifact.name == name
