@@ -40,7 +40,7 @@ def _endpoint() -> Iterator[tuple[FakeEndpoint, list[Reply]]]:
     queue: list[Reply] = []
 
     def script(op: str, job: FakeJob | None) -> Reply | None:
-        if op in ("run", "status", "cancel") and queue:
+        if op in ("run", "status", "status-sync", "cancel", "health") and queue:
             return queue.pop(0)
         return None
 
@@ -51,8 +51,8 @@ def _endpoint() -> Iterator[tuple[FakeEndpoint, list[Reply]]]:
 
 @pytest.fixture
 def serve(_endpoint: tuple[FakeEndpoint, list[Reply]]) -> Callable[[list[Reply]], FakeEndpoint]:
-    """serve(replies): an endpoint whose /run, /status and /cancel answer `replies` in turn,
-    then normally."""
+    """serve(replies): an endpoint whose /run, /status(-sync), /cancel and /health answer
+    `replies` in turn, then normally."""
     endpoint, queue = _endpoint
 
     def make(replies: list[Reply]) -> FakeEndpoint:
@@ -242,3 +242,35 @@ def test_cancel_goes_through_the_same_policy(
     assert caller.cancel(job_id)["status"] == "CANCELLED"
     assert endpoint.jobs[job_id].cancelled and endpoint.calls["cancel"] == 2
     assert clock.slept == [4.0]
+
+
+def test_health_is_retried_and_paced_by_its_own_limit(
+        serve: Callable[[list[Reply]], FakeEndpoint]) -> None:
+    endpoint = serve([_error(503, "2")])
+    clock = FrozenClock(advance=False)
+    caller = _caller(endpoint, clock)
+    assert "workers" in caller.health()
+    assert endpoint.calls["health"] == 2 and clock.slept == [2.0]
+    caller.health()  # the third /health at this instant: RunPod allows 30 per 10 s, burst 3
+    caller.health()
+    assert clock.slept == [2.0, pytest.approx(10 / 30)]
+    serve([_error(503)])
+    with pytest.raises(APIError):
+        caller.health(attempts=1)
+    assert endpoint.calls["health"] == 1
+
+
+def test_status_asks_the_long_poll_route_when_told_to_wait(
+        serve: Callable[[list[Reply]], FakeEndpoint]) -> None:
+    endpoint = serve([])
+    clock = FrozenClock(advance=True)
+    caller = _caller(endpoint, clock)
+    job_id = caller.submit(BODY)["id"]
+    assert caller.status(job_id)["status"] == "COMPLETED"
+    assert caller.status(job_id, wait_ms=1000)["status"] == "COMPLETED"
+    assert (endpoint.calls["status"], endpoint.calls["status-sync"]) == (1, 1)
+    serve([_error(502), _error(502)])
+    endpoint.jobs[job_id] = FakeJob(job_id, {"image": "x"})
+    with pytest.raises(APIError):
+        caller.status(job_id, attempts=2)
+    assert endpoint.calls["status"] == 2
