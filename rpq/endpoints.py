@@ -70,6 +70,11 @@ class Endpoints:
                 caller.client.health()  # a bad fallback is better found now than mid-run
         return health
 
+    def on_big_body(self, hook: Callable[[int], object]) -> None:
+        """Tell `hook` the size of every large answer, before it is read (any endpoint)."""
+        for caller in self.callers.values():
+            caller.client.on_big_body = hook
+
     def requests_sent(self) -> dict[str, dict[str, int]]:
         return {name: dict(c.client.requests_sent) for name, c in self.callers.items()}
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from rpq.errors import UsageError
+from rpq.errors import InputError, UsageError
 from rpq.images import ImageFile, Prepared, Skipped, content_digest, discover, prepare
+from rpq.journal import Journal, job_key
 from rpq.listing import FileList, listed
 from rpq.settings import BatchSettings
-from rpq.storage import Bucket, RemoteImage, fetched, remote_images, url_only
+from rpq.states import Stage
+from rpq.storage import Bucket, BucketError, RemoteImage, fetched, remote_images, url_only
 from rpq.template import RequestTemplate
 
 
@@ -77,6 +80,31 @@ class Inputs:
         if isinstance(item, RemoteImage) and not self.template.needs_bytes:
             return url_only(item), url
         return prepare(item, max_side=self.s.max_side, fmt=self.s.fmt), url
+
+    def dry_run(self, journal: Journal, fingerprint: str,
+                policy: dict[str, Any] | None) -> dict[str, Any]:
+        """What a dry run reports of each image, and the request the first one would make."""
+        images: list[dict[str, Any]] = []
+        preview: dict[str, Any] | None = None
+        skipped = []
+        for item in self:
+            if isinstance(item, Skipped):
+                skipped.append({"file": item.rel, "reason": item.reason})
+                continue
+            info: dict[str, Any] = {"file": item.rel, "bytes": self.size(item)}
+            try:
+                with self.local(item) as local:
+                    entry = journal.get(job_key(self.digest(local), fingerprint))
+                    info["journal"] = entry.state if entry else Stage.NEW
+                    if preview is None:
+                        prepared, url = self.prepare(local)
+                        preview = self.template.render_preview(prepared, policy=policy, url=url)
+                        info["request_bytes"] = self.template.body_size(prepared, policy=policy,
+                                                                        url=url)
+            except (InputError, BucketError) as exc:
+                info["error"] = str(exc)
+            images.append(info)
+        return {"images": images, "skipped": skipped, "request_example": preview}
 
 
 def _inside(out: Path, root: Path) -> str | None:

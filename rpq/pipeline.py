@@ -29,7 +29,7 @@ from rpq.budget import MB, Budget, map_large_blocks
 from rpq.concurrency import Concurrency, Gate
 from rpq.discovery import Discovered
 from rpq.endpoints import HEALTH_EVERY, Endpoints, build_callers
-from rpq.errors import APIError, InputError, RpqError, UsageError
+from rpq.errors import APIError, RpqError, UsageError
 from rpq.files import sweep_temp_files
 from rpq.guards import Alerter, Guards, GuardSettings, HaltRule
 from rpq.images import ImageFile, Skipped
@@ -94,6 +94,18 @@ def fingerprint(template: RequestTemplate, settings: BatchSettings) -> str:
     return hashlib.sha256("|".join([template.fingerprint(), str(settings.max_side),
                                     str(settings.fmt), settings.endpoint.endpoint_id]).encode()
                           ).hexdigest()
+
+
+def build_client(settings: BatchSettings) -> RunPodClient:
+    ep = settings.endpoint
+    return RunPodClient(ep.base_url, ep.endpoint_id, ep.api_key,
+                        pool_size=settings.most_jobs_out + 8)
+
+
+def build_poller(settings: BatchSettings, clock: Callable[[], float],
+                 sleep: Callable[[float], None]) -> Poller:
+    return Poller(StallDetector(settings.max_queue_time, clock), Timing(),
+                  max_wait=settings.max_wait, mode=settings.poll_mode, clock=clock, sleep=sleep)
 
 
 def build_writer(settings: BatchSettings, client: RunPodClient) -> ResultWriter:
@@ -166,10 +178,7 @@ class Batch:
         self.health_every = health_every or (HEALTH_EVERY if settings.concurrency else 1.0)
         self.reporter = reporter
         self.clock, self.wall = clock, wall
-        ep = settings.endpoint
-        self.client = client or RunPodClient(
-            ep.base_url, ep.endpoint_id, ep.api_key, pool_size=settings.most_jobs_out + 8
-        )
+        self.client = client or build_client(settings)
         self.template = build_template(settings)
         self.inputs = Inputs(settings, self.template)
         if self.template.warning:
@@ -190,9 +199,6 @@ class Batch:
             self.journal, say=reporter.message, wall=wall)
         self._stop = threading.Event()  # submit nothing new (Ctrl-C, halt, budget)
         self._halt = threading.Event()  # second Ctrl-C: cancel everything in flight
-        poller = Poller(StallDetector(settings.max_queue_time, clock), Timing(),
-                        max_wait=settings.max_wait, mode=settings.poll_mode, clock=clock,
-                        sleep=sleep)
         self.concurrency = Concurrency(settings.concurrency, clock=clock)
         self.gate = Gate(self.concurrency)
         self.tracker.target = self.concurrency.target
@@ -200,11 +206,11 @@ class Batch:
         self.bodies = Bodies(self.template, self.budget, policy=self.policy,
                              max_side=settings.max_side, fmt=settings.fmt,
                              give_up=self._stop.is_set, prepare=self.inputs.prepare)
-        for caller in self.endpoints.callers.values():
-            # A result inline in a status reply waits in the socket for room in the budget;
-            # counted three times over: the raw reply, its text, and the parsed JSON.
-            caller.client.on_big_body = lambda n: self.budget.charge_here(3 * n)
-        self.runner = Runner(self.endpoints, poller, self.writer, self.journal, self.tracker,
+        # A result inline in a status reply waits in the socket for room in the budget;
+        # counted three times over: the raw reply, its text, and the parsed JSON.
+        self.endpoints.on_big_body(lambda n: self.budget.charge_here(3 * n))
+        self.runner = Runner(self.endpoints, build_poller(settings, clock, sleep), self.writer,
+                             self.journal, self.tracker,
                              job_retries=settings.job_retries, budget=self.budget,
                              stopping=self._stop.is_set,
                              halted=self._halt.is_set, clock=clock, wall=wall)
@@ -227,33 +233,8 @@ class Batch:
 
     def dry_run(self) -> dict[str, Any]:
         """What would be sent; sends nothing."""
-        images: list[dict[str, Any]] = []
-        preview: dict[str, Any] | None = None
-        skipped = []
-        for item in self.inputs:
-            if isinstance(item, Skipped):
-                skipped.append({"file": item.rel, "reason": item.reason})
-                continue
-            info: dict[str, Any] = {"file": item.rel, "bytes": self.inputs.size(item)}
-            try:
-                with self.inputs.local(item) as local:
-                    key = job_key(self.inputs.digest(local), self.fingerprint)
-                    entry = self.journal.get(key)
-                    info["journal"] = entry.state if entry else Stage.NEW
-                    if preview is None:
-                        preview = self._preview(local, info)
-            except (InputError, BucketError) as exc:
-                info["error"] = str(exc)
-            images.append(info)
-        return {"endpoint": self.client.url, "images": images, "skipped": skipped,
-                "request_example": preview}
-
-    def _preview(self, item: ImageFile, info: dict[str, Any]) -> dict[str, Any]:
-        """The request the first image would make, its bytes noted in `info`."""
-        prepared, url = self.inputs.prepare(item)
-        preview = self.template.render_preview(prepared, policy=self.policy, url=url)
-        info["request_bytes"] = self.template.body_size(prepared, policy=self.policy, url=url)
-        return preview
+        return {"endpoint": self.client.url,
+                **self.inputs.dry_run(self.journal, self.fingerprint, self.policy)}
 
     def run(self) -> BatchResult:
         map_large_blocks()  # freed image buffers go back to the system: RSS follows the budget
