@@ -15,21 +15,20 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from rpq.hosts import is_loopback
 from rpq.local.config import OPS, EndpointConfig
-from rpq.local.fleet import (
-    Fleet,
-    JobConflict,
-    JobNotFound,
-    JobRequest,
-    _dumps,
+from rpq.local.connection import (
+    JsonConnection,
+    _Answer,
+    _Drop,
 )
+from rpq.local.fleet import Fleet
+from rpq.local.jobs import JobConflict, JobNotFound, JobRequest
 from rpq.local.worker_routes import WORKER_OPS, WorkerCall, answer_worker
 from rpq.local.workers import make_fleet, worker_base_url
 
@@ -47,29 +46,8 @@ ROUTES: dict[str, tuple[tuple[str, ...], bool]] = {
     "purge-queue": (("POST",), False),
     "health": (("GET",), False),
 }
-# Bodies up to this size are read and thrown away before an early error answer, so the
-# client sees the answer and the connection stays usable.
-DRAIN_LIMIT = 128 * 1024 * 1024
-# How long a connection answered early (413) keeps reading the rest of the body.
-LINGER_SECONDS = 5.0
 _JOB_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
-_PHRASES = {s.value: s.phrase for s in HTTPStatus}
 
-
-class _Answer(Exception):
-    """Ends a request early with a JSON error."""
-
-    def __init__(
-        self, status: int, message: str, headers: tuple[tuple[str, str], ...] = ()
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers
-
-
-class _Drop(Exception):
-    """Ends a request by closing the connection without an answer."""
 
 
 class RateLimiter:
@@ -174,14 +152,11 @@ class _Server(ThreadingHTTPServer):
             log.exception("unexpected error serving %s", client_address)
 
 
-class _RequestHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _RequestHandler(JsonConnection):
     server_version = "rpq-local"
     disable_nagle_algorithm = True
     server: _Server
 
-    _status = 0
-    _body_done = False
 
     def setup(self) -> None:
         super().setup()
@@ -198,16 +173,6 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self._dispatch()
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = do_GET
-
-    def log_message(self, format: str, *args: Any) -> None:
-        # Access lines are written by _dispatch when asked for; nothing else is logged.
-        pass
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        # http.server's own errors (bad request line, huge headers...) as JSON, never HTML.
-        self.close_connection = True
-        with contextlib.suppress(OSError):
-            self._send(code, {"error": message or _PHRASES.get(code, "error")})
 
     # ---- request flow ------------------------------------------------------------------
 
@@ -396,115 +361,6 @@ class _RequestHandler(BaseHTTPRequestHandler):
         except ValueError as exc:
             raise _Answer(400, str(exc)) from None
 
-    def _read_body(self, limit: int) -> bytes:
-        if self._chunked():
-            return self._read_chunked(limit)
-        length = self._content_length()
-        if length > limit:
-            raise _Answer(413, f"request body is {length} bytes; the limit is {limit} bytes")
-        self._body_done = True
-        return self.rfile.read(length) if length else b""
-
-    def _chunked(self) -> bool:
-        return "chunked" in self.headers.get("Transfer-Encoding", "").lower()
-
-    def _content_length(self) -> int:
-        text = self.headers.get("Content-Length")
-        try:
-            length = int(text) if text is not None else 0
-        except ValueError:
-            length = -1
-        if length < 0:
-            self._body_done = True
-            self.close_connection = True
-            raise _Answer(400, "invalid Content-Length header")
-        return length
-
-    def _read_chunked(self, limit: int) -> bytes:
-        self._body_done = True
-        parts: list[bytes] = []
-        total = 0
-        while True:
-            line = self.rfile.readline(1024)
-            try:
-                size = int(line.split(b";")[0].strip(), 16)
-            except ValueError:
-                self.close_connection = True
-                raise _Answer(400, "malformed chunked body") from None
-            if size == 0:
-                while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-                    pass  # trailers
-                return b"".join(parts)
-            total += size
-            if total > limit:
-                self.close_connection = True  # the rest of the chunks stay unread
-                raise _Answer(413, f"request body is over the limit of {limit} bytes")
-            parts.append(self.rfile.read(size))
-            self.rfile.readline(1024)
-
-    def _finish_body(self) -> None:
-        """Consume a body nobody will use, so the next request on this connection parses."""
-        if self._body_done or self.close_connection:
-            return
-        self._body_done = True
-        if self._chunked():
-            self.close_connection = True
-            return
-        try:
-            remaining = self._content_length()
-        except _Answer:
-            return
-        if remaining > DRAIN_LIMIT:
-            self.close_connection = True
-            return
-        while remaining > 0:
-            chunk = self.rfile.read(min(remaining, 1 << 16))
-            if not chunk:
-                self.close_connection = True
-                return
-            remaining -= len(chunk)
-
-    def _linger(self) -> None:
-        """Read and drop what the client still sends after an early answer, then close.
-
-        Closing a socket with unread data resets the connection, and a client still
-        writing its body would see "broken pipe" instead of the answer it was sent.
-        """
-        with contextlib.suppress(OSError):
-            self.wfile.flush()
-            self.connection.shutdown(socket.SHUT_WR)
-            deadline = time.monotonic() + LINGER_SECONDS
-            while (remaining := deadline - time.monotonic()) > 0:
-                self.connection.settimeout(remaining)
-                if not self.connection.recv(1 << 16):
-                    break
-
-    # ---- answers -----------------------------------------------------------------------
-
-    def _send(self, status: int, doc: Any, headers: tuple[tuple[str, str], ...] = ()) -> None:
-        self._send_bytes(status, _dumps(doc), headers)
-
-    def _send_bytes(
-        self, status: int, body: bytes, headers: tuple[tuple[str, str], ...] = ()
-    ) -> None:
-        self._status = status
-        head = (
-            f"HTTP/1.1 {status} {_PHRASES.get(status, '')}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        )
-        for name, value in headers:
-            head += f"{name}: {value}\r\n"
-        if self.close_connection:
-            head += "Connection: close\r\n"
-        data = (head + "\r\n").encode("latin-1")
-        if self.command == "HEAD":
-            self.close_connection = True
-            self.wfile.write(data)
-        elif len(body) < 65536:
-            self.wfile.write(data + body)
-        else:
-            self.wfile.write(data)
-            self.wfile.write(body)
 
 
 def _not_found(job_id: str) -> _Answer:
