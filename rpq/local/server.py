@@ -157,7 +157,6 @@ class _RequestHandler(JsonConnection):
     disable_nagle_algorithm = True
     server: _Server
 
-
     def setup(self) -> None:
         super().setup()
         with self.server.connections_lock:
