@@ -570,54 +570,83 @@ def _segment(img: Image.Image, smooth: Image.Image, model: Image.Image, known: I
     """
     w, h = img.size
     area = w * h
-    dist = _distance(smooth, model)
-    noise = _percentile(dist.histogram(mask=known), 0.99)
+    faint: Image.Image | None = None
     if not textured or blurred is None or blurred_model is None:
-        # A low threshold finds faint parts of the subject. Shadows are cut after the
-        # cleanup, which would otherwise erase the thin outline that separates a dark
-        # subject's inside from its shadow.
-        threshold = max(2 * noise + 4, min(_otsu(dist.histogram()), 2 * noise + 6))
-        fg = _open_close(_binary(dist, threshold))
-        fg = _remove_shadows(fg, _shadow_like(smooth, model, smooth_only=True))
-        # The edge is placed where the contrast reaches half its local peak, as on an
-        # anti-aliased edge; this also trims what is left of a shadow at the outline.
-        # Only the outer outline: trimming around inner details would widen them into gaps.
-        rim = ImageChops.multiply(fg, _max(_outside(fg), RIM))
-        half_peak = _max(dist, RIM).point(lambda v: v // 2)
-        faint = ImageChops.subtract(half_peak, dist).point(lambda v: 255 if v > 0 else 0)
-        fg = ImageChops.subtract(fg, ImageChops.multiply(rim, faint))
-        strict_bg = dist.point(lambda v: 255 if v <= noise + 2 else 0)
+        fg, strict_bg, faint = _plain_foreground(smooth, model, known)
     else:
-        coarse = img.filter(ImageFilter.GaussianBlur(2))
-        novel = ImageChops.invert(_colour_background(coarse, known, 24))
-        # The texture averaged out: a subject whose colours all occur somewhere in the
-        # texture (terracotta on wood) still differs from the texture's mean colour.
-        if mean_cue:
-            mean_dist = _distance(blurred, blurred_model)
-            mean_noise = _percentile(mean_dist.histogram(mask=known), 0.99)
-            far = _binary(mean_dist, mean_noise + 6)
-            # The blur spreads a contrasty subject outwards; pull that back.
-            far = ImageChops.invert(_dilate(ImageChops.invert(far), 10))
-            novel = ImageChops.lighter(novel, far)
-        # Shadows are judged on the lightly blurred image: heavy blurring would mix a dark
-        # thin part (a handle) with the texture around it into something shadow-like.
-        evidence = ImageChops.subtract(novel, _shadow_like(coarse, blurred_model,
-                                                           smooth_only=False))
-        # A majority vote over a neighbourhood: texture pixels that happen to have an
-        # unusual colour are outvoted by the background around them.
-        vote = evidence.filter(ImageFilter.BoxBlur(2))
-        fg = _open_close(vote.point(lambda v: 255 if v >= 128 else 0))
-        strict_bg = vote.point(lambda v: 255 if v < 25 else 0)
-        faint = None
+        fg, strict_bg = _textured_foreground(img, known, blurred, blurred_model, mean_cue)
     if fg.getbbox() is None:
         return None
+    fg = _open_holes(_main_parts(fg, area), strict_bg, faint)
+    fg_area = fg.histogram()[255]
+    if fg_area < 0.001 * area or fg_area > 0.98 * area:
+        return None
+    return fg
 
+
+def _plain_foreground(smooth: Image.Image, model: Image.Image, known: Image.Image
+                      ) -> tuple[Image.Image, Image.Image, Image.Image]:
+    """Foreground on a plain background: (mask, strictly background, faint contrast)."""
+    dist = _distance(smooth, model)
+    noise = _percentile(dist.histogram(mask=known), 0.99)
+    # A low threshold finds faint parts of the subject. Shadows are cut after the
+    # cleanup, which would otherwise erase the thin outline that separates a dark
+    # subject's inside from its shadow.
+    threshold = max(2 * noise + 4, min(_otsu(dist.histogram()), 2 * noise + 6))
+    fg = _open_close(_binary(dist, threshold))
+    fg = _remove_shadows(fg, _shadow_like(smooth, model, smooth_only=True))
+    # The edge is placed where the contrast reaches half its local peak, as on an
+    # anti-aliased edge; this also trims what is left of a shadow at the outline.
+    # Only the outer outline: trimming around inner details would widen them into gaps.
+    rim = ImageChops.multiply(fg, _max(_outside(fg), RIM))
+    half_peak = _max(dist, RIM).point(lambda v: v // 2)
+    faint = ImageChops.subtract(half_peak, dist).point(lambda v: 255 if v > 0 else 0)
+    fg = ImageChops.subtract(fg, ImageChops.multiply(rim, faint))
+    strict_bg = dist.point(lambda v: 255 if v <= noise + 2 else 0)
+    return fg, strict_bg, faint
+
+
+def _textured_foreground(img: Image.Image, known: Image.Image, blurred: Image.Image,
+                         blurred_model: Image.Image, mean_cue: bool
+                         ) -> tuple[Image.Image, Image.Image]:
+    """Foreground on a textured background: (mask, strictly background)."""
+    coarse = img.filter(ImageFilter.GaussianBlur(2))
+    novel = ImageChops.invert(_colour_background(coarse, known, 24))
+    # The texture averaged out: a subject whose colours all occur somewhere in the
+    # texture (terracotta on wood) still differs from the texture's mean colour.
+    if mean_cue:
+        mean_dist = _distance(blurred, blurred_model)
+        mean_noise = _percentile(mean_dist.histogram(mask=known), 0.99)
+        far = _binary(mean_dist, mean_noise + 6)
+        # The blur spreads a contrasty subject outwards; pull that back.
+        far = ImageChops.invert(_dilate(ImageChops.invert(far), 10))
+        novel = ImageChops.lighter(novel, far)
+    # Shadows are judged on the lightly blurred image: heavy blurring would mix a dark
+    # thin part (a handle) with the texture around it into something shadow-like.
+    evidence = ImageChops.subtract(novel, _shadow_like(coarse, blurred_model,
+                                                       smooth_only=False))
+    # A majority vote over a neighbourhood: texture pixels that happen to have an
+    # unusual colour are outvoted by the background around them.
+    vote = evidence.filter(ImageFilter.BoxBlur(2))
+    fg = _open_close(vote.point(lambda v: 255 if v >= 128 else 0))
+    strict_bg = vote.point(lambda v: 255 if v < 25 else 0)
+    return fg, strict_bg
+
+
+def _main_parts(fg: Image.Image, area: int) -> Image.Image:
+    """Keep the largest part and those not much smaller; specks are dropped."""
     comps = _Components(fg)
     largest = max(comps.area.values())
     keep = {lab for lab, a in comps.area.items()
             if a >= max(0.05 * largest, 0.0005 * area)}
-    fg = comps.render(keep)
+    return comps.render(keep)
 
+
+def _open_holes(fg: Image.Image, strict_bg: Image.Image, faint: Image.Image | None
+                ) -> Image.Image:
+    """Fill the mask's enclosed regions, except those that are see-through holes."""
+    w, h = fg.size
+    area = w * h
     # Enclosed background-coloured regions are see-through holes (a mug handle) if they are
     # sizeable and match the background closely; otherwise they are parts of the subject
     # that happen to resemble the background (a white label) and get filled.
@@ -635,10 +664,6 @@ def _segment(img: Image.Image, smooth: Image.Image, model: Image.Image, known: I
     if faint is not None and see_through:
         rim = ImageChops.multiply(fg, _max(see, RIM))
         fg = ImageChops.subtract(fg, ImageChops.multiply(rim, faint))
-
-    fg_area = fg.histogram()[255]
-    if fg_area < 0.001 * area or fg_area > 0.98 * area:
-        return None
     return fg
 
 
