@@ -195,25 +195,16 @@ def _walk(
         try:
             st = os.stat(path)
         except OSError as exc:
-            if exc.errno == errno.ENOENT and os.path.islink(path):
-                yield Skipped(rel, "broken symlink")
-            elif exc.errno == errno.ENOENT:
-                yield Skipped(rel, "vanished while listing")
-            elif exc.errno == errno.ELOOP:
-                yield Skipped(rel, "symlink loop")
-            else:
-                yield Skipped(rel, "unreadable: " + _os_reason(exc))
+            yield _stat_failure(path, rel, exc)
             continue
 
         if stat.S_ISDIR(st.st_mode):
             if not recursive or _matches(exclude, rel, name):
                 continue
             dir_key = (st.st_dev, st.st_ino)
-            if dir_key in ancestors:
-                yield Skipped(rel, "symlink loop")
-                continue
-            if dir_key in entered:
-                yield Skipped(rel, f"same directory as {entered[dir_key]!r}, already walked")
+            seen = _walked_before(rel, dir_key, ancestors, entered)
+            if seen is not None:
+                yield seen
                 continue
             try:
                 names = _list_names(path)
@@ -228,15 +219,42 @@ def _walk(
 
         if include and not _matches(include, rel, name):
             continue
-        if _matches(exclude, rel, name):
-            continue
-        if not stat.S_ISREG(st.st_mode):
-            yield Skipped(rel, "not a regular file")
-            continue
-        if st.st_size == 0:
-            yield Skipped(rel, "empty file", not_image=not named_like_an_image(rel))
-            continue
-        yield _sniff_file(path, rel)
+        if not _matches(exclude, rel, name):
+            yield _file_entry(path, rel, st)
+
+
+def _walked_before(
+    rel: str,
+    dir_key: tuple[int, int],
+    ancestors: set[tuple[int, int]],
+    entered: dict[tuple[int, int], str],
+) -> Skipped | None:
+    """Why a directory is not entered again (a loop, or a second way in), else None."""
+    if dir_key in ancestors:
+        return Skipped(rel, "symlink loop")
+    if dir_key in entered:
+        return Skipped(rel, f"same directory as {entered[dir_key]!r}, already walked")
+    return None
+
+
+def _stat_failure(path: str, rel: str, exc: OSError) -> Skipped:
+    """Why a listed name could not be looked at."""
+    if exc.errno == errno.ENOENT and os.path.islink(path):
+        return Skipped(rel, "broken symlink")
+    if exc.errno == errno.ENOENT:
+        return Skipped(rel, "vanished while listing")
+    if exc.errno == errno.ELOOP:
+        return Skipped(rel, "symlink loop")
+    return Skipped(rel, "unreadable: " + _os_reason(exc))
+
+
+def _file_entry(path: str, rel: str, st: os.stat_result) -> ImageFile | Skipped:
+    """A listed non-directory that passed the filters: an image, or why it is skipped."""
+    if not stat.S_ISREG(st.st_mode):
+        return Skipped(rel, "not a regular file")
+    if st.st_size == 0:
+        return Skipped(rel, "empty file", not_image=not named_like_an_image(rel))
+    return _sniff_file(path, rel)
 
 
 def _sniff_file(path: str, rel: str) -> ImageFile | Skipped:
@@ -561,7 +579,6 @@ def _normalise_mode(im: Image.Image, out_kind: str) -> Image.Image:
 def _reencode(
     im: Image.Image, out_kind: str, max_side: int | None
 ) -> tuple[bytes, int, int]:
-    from PIL import Image
 
     # Read before decoding: TIFF keeps orientation in tags that do not survive a conversion.
     orientation = im.getexif().get(0x0112, 1)
@@ -584,29 +601,8 @@ def _reencode(
     if frame is not im:
         im.close()  # the decoded original is not needed once converted
     if new_size is not None and frame.size != new_size:
-        if frame.width < 2 * new_size[0]:
-            # Within a factor of 2 (what libjpeg's scaled decode leaves), Pillow's bilinear
-            # filter (widened by the factor) averages every source pixel, at half the CPU of
-            # LANCZOS: on a 12 MP photo, this step would otherwise cost as much as decoding.
-            smaller = frame.resize(new_size, Image.Resampling.BILINEAR)
-        else:
-            # Box-reduce to within 3x of the target first: about LANCZOS quality, far less CPU.
-            smaller = frame.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=3.0)
-        frame.close()
-        frame = smaller
-    method = {
-        2: Image.Transpose.FLIP_LEFT_RIGHT,
-        3: Image.Transpose.ROTATE_180,
-        4: Image.Transpose.FLIP_TOP_BOTTOM,
-        5: Image.Transpose.TRANSPOSE,
-        6: Image.Transpose.ROTATE_270,
-        7: Image.Transpose.TRANSVERSE,
-        8: Image.Transpose.ROTATE_90,
-    }.get(orientation)
-    if method is not None:
-        turned = frame.transpose(method)
-        frame.close()
-        frame = turned
+        frame = _shrink(frame, new_size)
+    frame = _upright(frame, orientation)
 
     keep_icc = (
         icc is not None
@@ -625,3 +621,39 @@ def _reencode(
         return buf.getvalue(), frame.width, frame.height
     finally:
         frame.close()
+
+
+def _shrink(frame: Image.Image, new_size: tuple[int, int]) -> Image.Image:
+    """frame resized to new_size; frame is closed."""
+    from PIL import Image
+
+    if frame.width < 2 * new_size[0]:
+        # Within a factor of 2 (what libjpeg's scaled decode leaves), Pillow's bilinear
+        # filter (widened by the factor) averages every source pixel, at half the CPU of
+        # LANCZOS: on a 12 MP photo, this step would otherwise cost as much as decoding.
+        smaller = frame.resize(new_size, Image.Resampling.BILINEAR)
+    else:
+        # Box-reduce to within 3x of the target first: about LANCZOS quality, far less CPU.
+        smaller = frame.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    frame.close()
+    return smaller
+
+
+def _upright(frame: Image.Image, orientation: int) -> Image.Image:
+    """frame turned as its EXIF orientation says; frame is closed if a new one is made."""
+    from PIL import Image
+
+    method = {
+        2: Image.Transpose.FLIP_LEFT_RIGHT,
+        3: Image.Transpose.ROTATE_180,
+        4: Image.Transpose.FLIP_TOP_BOTTOM,
+        5: Image.Transpose.TRANSPOSE,
+        6: Image.Transpose.ROTATE_270,
+        7: Image.Transpose.TRANSVERSE,
+        8: Image.Transpose.ROTATE_90,
+    }.get(orientation)
+    if method is None:
+        return frame
+    turned = frame.transpose(method)
+    frame.close()
+    return turned
