@@ -65,6 +65,43 @@ class Entry:
     def in_flight(self) -> bool:
         return self.state == Stage.SUBMITTED and self.job_id is not None
 
+    def apply(self, event: dict[str, Any]) -> None:
+        """Fold one well-formed journal line about this key into the entry."""
+        entry = self
+        kind = event.get("event")
+        if isinstance(event.get("rel"), str):
+            entry.rel = event["rel"]
+        if kind == "intent":
+            entry.state = Stage.INTENT
+            entry.job_id = None
+            entry.attempts = int(event.get("attempt", entry.attempts + 1))
+        elif kind == "submitted":
+            entry.state = Stage.SUBMITTED
+            entry.job_id = event.get("job_id")
+            endpoint = event.get("endpoint")
+            entry.endpoint = sys.intern(endpoint) if isinstance(endpoint, str) else None
+        elif kind == "cancel":
+            if entry.cancel_notes is None:
+                entry.cancel_notes = []
+            entry.cancel_notes.append({k: event.get(k) for k in ("job_id", "answer", "reason")})
+            answer = event.get("answer")
+            if (entry.state == Stage.SUBMITTED and entry.job_id == event.get("job_id")
+                    and isinstance(answer, dict) and answer.get("status") == Status.CANCELLED):
+                entry.state = Stage.CANCELLED  # gone from the endpoint: a rerun sends it again
+        elif kind == "lost":
+            # The endpoint no longer has the job (expired, cancelled, or it restarted): a rerun
+            # sends it again. Not an orphan: its submit was answered.
+            entry.state = Stage.CANCELLED
+            entry.job_id = None
+        elif kind == "end":
+            record = event.get("record")
+            if isinstance(record, dict):
+                entry.record_text = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+                status = record.get("status")
+            else:
+                entry.record_text, status = None, None
+            entry.state = Stage.DONE if status == Status.COMPLETED else Stage.FAILED
+
 
 def _is_text(value: object) -> bool:
     return isinstance(value, str)
@@ -154,19 +191,7 @@ class Journal:
         except OSError:
             return False
         # Not the inode: a folder copied or restored elsewhere is still the same journal.
-        return mark.offset <= st.st_size and self._digest_at(mark.offset) == mark.digest
-
-    def _digest_at(self, offset: int) -> str:
-        """A fingerprint of the file's first line(s) and of the bytes just before `offset`:
-        tells another or an edited journal from the one indexed."""
-        start = max(0, offset - 256)
-        try:
-            with self.path.open("rb") as fh:
-                head = fh.read(min(offset, 1024))
-                fh.seek(start)
-                return hashlib.sha256(head + fh.read(offset - start)).hexdigest()[:32]
-        except OSError:
-            return ""
+        return mark.offset <= st.st_size and _digest_at(self.path, mark.offset) == mark.digest
 
     def _fold(self, start: int, stop: int | None) -> None:
         """Fold the lines from byte `start` (to `stop`, else the end) into the entries."""
@@ -239,7 +264,7 @@ class Journal:
                 os.stat(self.path).st_ino
         except OSError:
             inode = 0
-        mark = Mark(self._applied, inode, self._digest_at(self._applied), self._torn)
+        mark = Mark(self._applied, inode, _digest_at(self.path, self._applied), self._torn)
         try:
             saved = self._index.save(self._recent.values(), mark, reset=self._reset)
         except sqlite3.Error:
@@ -249,40 +274,7 @@ class Journal:
             self._reset = False
 
     def _apply(self, event: dict[str, Any]) -> None:
-        entry = self._touch(event["key"])
-        kind = event.get("event")
-        if isinstance(event.get("rel"), str):
-            entry.rel = event["rel"]
-        if kind == "intent":
-            entry.state = Stage.INTENT
-            entry.job_id = None
-            entry.attempts = int(event.get("attempt", entry.attempts + 1))
-        elif kind == "submitted":
-            entry.state = Stage.SUBMITTED
-            entry.job_id = event.get("job_id")
-            endpoint = event.get("endpoint")
-            entry.endpoint = sys.intern(endpoint) if isinstance(endpoint, str) else None
-        elif kind == "cancel":
-            if entry.cancel_notes is None:
-                entry.cancel_notes = []
-            entry.cancel_notes.append({k: event.get(k) for k in ("job_id", "answer", "reason")})
-            answer = event.get("answer")
-            if (entry.state == Stage.SUBMITTED and entry.job_id == event.get("job_id")
-                    and isinstance(answer, dict) and answer.get("status") == Status.CANCELLED):
-                entry.state = Stage.CANCELLED  # gone from the endpoint: a rerun sends it again
-        elif kind == "lost":
-            # The endpoint no longer has the job (expired, cancelled, or it restarted): a rerun
-            # sends it again. Not an orphan: its submit was answered.
-            entry.state = Stage.CANCELLED
-            entry.job_id = None
-        elif kind == "end":
-            record = event.get("record")
-            if isinstance(record, dict):
-                entry.record_text = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
-                status = record.get("status")
-            else:
-                entry.record_text, status = None, None
-            entry.state = Stage.DONE if status == Status.COMPLETED else Stage.FAILED
+        self._touch(event["key"]).apply(event)
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -460,6 +452,19 @@ class EntryView:
 def index_path(journal: Path) -> Path:
     """Where the index of a journal lives: `.rpq-journal.index` beside `.rpq-journal.jsonl`."""
     return journal.with_name(journal.name.removesuffix(".jsonl") + ".index")
+
+
+def _digest_at(path: Path, offset: int) -> str:
+    """A fingerprint of the file's first line(s) and of the bytes just before `offset`:
+    tells another or an edited journal from the one indexed."""
+    start = max(0, offset - 256)
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(min(offset, 1024))
+            fh.seek(start)
+            return hashlib.sha256(head + fh.read(offset - start)).hexdigest()[:32]
+    except OSError:
+        return ""
 
 
 def _parse(raw: bytes) -> dict[str, Any] | None:
