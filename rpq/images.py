@@ -8,6 +8,7 @@ import io
 import os
 import stat
 import struct
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -62,6 +63,42 @@ IMAGE_SUFFIXES = frozenset({
 
 def named_like_an_image(rel: str) -> bool:
     return os.path.splitext(rel)[1].lower() in IMAGE_SUFFIXES
+
+
+class NotImages:
+    """The files a batch skipped for not being images: all counted, the first `limit` listed,
+    so memory stays flat however many there are. Thread-safe."""
+
+    def __init__(self, limit: int = 1000) -> None:
+        self.count = 0
+        self.files: list[dict[str, str]] = []
+        self._limit = limit
+        self._lock = threading.Lock()
+
+    def add(self, item: Skipped) -> None:
+        with self._lock:
+            self.count += 1
+            if len(self.files) < self._limit:
+                self.files.append({"file": item.rel, "reason": item.reason})
+
+    def to_dict(self) -> dict[str, Any]:
+        with self._lock:
+            return {"count": self.count, "files": sorted(self.files, key=lambda f: f["file"])}
+
+
+def no_image_found(where: str, include: Sequence[str], exclude: Sequence[str],
+                   not_images: int) -> str:
+    """The message for an input with no image to send (exit 2)."""
+    filters = "".join(f" --include {p!r}" for p in include) + \
+        "".join(f" --exclude {p!r}" for p in exclude)
+    parts = [f"no image found in {where}"]
+    if filters:
+        parts.append(f" matching{filters}")
+    if not_images:
+        parts.append(f" ({not_images} file(s) that are not images)")
+    hint = "Check the folder and the --include/--exclude patterns" if filters else \
+        "Check that this is the folder that holds your images"
+    return "".join(parts) + f". {hint}; nothing was sent."
 
 
 def sniff(head: bytes) -> str | None:

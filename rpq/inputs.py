@@ -44,6 +44,19 @@ class Inputs:
             if inner is None or (item.rel != inner and not item.rel.startswith(inner + "/")):
                 yield item
 
+    def not_images_only(self) -> int | None:
+        """None when the input (every shard of it) holds an image, or a file meant as one;
+        else how many files that are not images it holds (0: nothing at all)."""
+        strays = 0
+        for item in self._source():
+            if self._out_rel is not None and (item.rel == self._out_rel
+                                              or item.rel.startswith(self._out_rel + "/")):
+                continue
+            if not (isinstance(item, Skipped) and item.not_image):
+                return None
+            strays += 1
+        return strays
+
     def _source(self) -> Iterator[ImageFile | Skipped]:
         if self.bucket is not None:
             return remote_images(self.bucket, self.s.include, self.s.exclude,

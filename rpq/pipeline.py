@@ -17,7 +17,7 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +32,7 @@ from rpq.endpoints import HEALTH_EVERY, Endpoints, build_callers
 from rpq.errors import APIError, RpqError, UsageError
 from rpq.files import sweep_temp_files
 from rpq.guards import Alerter, Guards, GuardSettings, HaltRule
-from rpq.images import ImageFile, Skipped
+from rpq.images import ImageFile, Skipped, no_image_found
 from rpq.inputs import Inputs
 from rpq.job import Ending, Job, Runner
 from rpq.journal import JOURNAL_NAME, Entry, Journal, job_key
@@ -222,6 +222,17 @@ class Batch:
 
     # -- entry points -----------------------------------------------------------------------
 
+    def check_input(self) -> None:
+        """Before the endpoint is asked anything: an input with no image at all (an empty
+        folder, filters that match nothing, only files that are not images) is an error. A
+        shard that holds none of the images is not: other shards have them."""
+        strays = self.inputs.not_images_only()
+        if strays is None:
+            return
+        where = "the files listed with --files-from" if self.s.files_from else \
+            self.s.bucket_in or str(self.s.root)
+        raise UsageError(no_image_found(where, self.s.include, self.s.exclude, strays))
+
     def check_endpoint(self) -> dict[str, Any]:
         """One /health before reading any image: 401/404/unreachable end the run here."""
         for bucket in (self.inputs.bucket, self.writer.store):
@@ -247,7 +258,7 @@ class Batch:
         self.orphans = len(self.journal.orphans())
         # One walk (or listing) in a thread, ahead of the work: the total is known when it
         # ends, and the first jobs go out meanwhile.
-        found = Discovered(self.inputs, self._counted)
+        found = Discovered(self._images(), self._counted)
         self.reporter.start(self.tracker)
         done = threading.Event()
         threading.Thread(target=self.endpoints.watch_health,
@@ -298,6 +309,15 @@ class Batch:
         self.endpoints.cancel_later(targets, why, queued_only=True)
 
     # -- dispatch ---------------------------------------------------------------------------
+
+    def _images(self) -> Iterator[ImageFile | Skipped]:
+        """The input without the files that are not images, which are listed apart as the
+        walk meets them: they are no job, and not in the total."""
+        for item in self.inputs:
+            if isinstance(item, Skipped) and item.not_image:
+                self.recorder.not_an_image(item)
+            else:
+                yield item
 
     def _counted(self, count: int, done: bool) -> None:
         if done:

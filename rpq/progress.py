@@ -120,6 +120,11 @@ def describe(record: JobRecord, skipped: bool = False) -> str:
     return _one_line(_describe(record, skipped))
 
 
+def describe_not_an_image(rel: str, reason: str) -> str:
+    """The plain line for a file skipped for not being an image."""
+    return _one_line(f"ignored {rel}: {reason}")
+
+
 def _one_line(text: str) -> str:
     if text.isprintable():
         return text

@@ -14,9 +14,10 @@ from rpq import __version__
 from rpq.endpoints import Endpoints
 from rpq.errors import RpqError
 from rpq.guards import Guards
+from rpq.images import NotImages, Skipped
 from rpq.journal import Journal
 from rpq.metrics import JobRecord, RunStats, now_iso, write_metrics
-from rpq.progress import Reporter, Tracker
+from rpq.progress import Reporter, Tracker, describe_not_an_image
 from rpq.settings import BatchSettings
 from rpq.states import Column, Kind, column_of
 from rpq.storage import Bucket
@@ -42,6 +43,7 @@ class Recorder:
         self.stats = RunStats()
         self.not_started = 0
         self.run_retries = 0
+        self.not_images = NotImages()
         self._lock = threading.Lock()
         self._spool: IO[bytes] | None = None
 
@@ -73,6 +75,11 @@ class Recorder:
         """A result an earlier job (of this run or an earlier one) already gave."""
         self.tracker.add(Column.SKIPPED)
         self._report(record, count=False)
+
+    def not_an_image(self, item: Skipped) -> None:
+        """A file that is not an image (a README): listed apart, never a job or a failure."""
+        self.not_images.add(item)
+        self.reporter.message(describe_not_an_image(item.rel, item.reason))
 
     def not_sent(self) -> None:
         """An image left unsent because the run is stopping."""
@@ -144,6 +151,7 @@ class Recorder:
             "run_request_retries": self.run_retries,
             "requests": requests[primary] if len(requests) == 1 else requests,
             "failovers": endpoints.failovers,
+            "not_images": self.not_images.to_dict(),
             "estimated_cost": None if spend is None else round(spend, 6),
             "settings": self.s.public(),
         }

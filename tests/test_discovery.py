@@ -82,5 +82,7 @@ def test_a_batch_walks_its_folder_once(tmp_path: Path, make_endpoint: Any,
     make_images(src, 7)
     run = rpq(*batch_args(src, tmp_path / "out"), env=endpoint_env(ep))
     assert run.code == 0, run.stderr
-    assert walks == [7]  # one pass: no counting walk before the real one
+    # One pass: no counting walk before the real one, only a look that stops at the first
+    # image (an input with none is refused before the endpoint is asked anything).
+    assert walks == [1, 7]
     assert "7 of 7 images done" in run.stderr

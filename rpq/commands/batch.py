@@ -142,6 +142,7 @@ def run_batch(settings: BatchSettings, view: View | None = None) -> int:
     else:
         reporter = PlainReporter()
     runner = Batch(settings, reporter)
+    runner.check_input()
     runner.check_endpoint()
     if view.dry_run:
         print(json.dumps(runner.dry_run(), indent=2, ensure_ascii=False))
@@ -194,6 +195,10 @@ def _print_summary(result: Any, settings: BatchSettings, view: View) -> None:
             f"total time per job: avg {stats.get('avg_total_time')}s, "
             f"p50 {stats.get('p50_total_time')}s, p95 {stats.get('p95_total_time')}s"
         )
+    strays = int((result.summary["run"].get("not_images") or {}).get("count") or 0)
+    if strays:
+        lines.append(f"{strays} file(s) that are not images were skipped (listed in the "
+                     "metrics file, run.not_images)")
     if result.skipped:
         lines.append(f"{result.skipped} image(s) were already handled by an earlier run "
                      "(--retry-failed retries earlier failures, --fresh redoes everything)")
