@@ -36,6 +36,7 @@ class ProcWorker(_Worker):
     jobs: dict[str, tuple[Job, int]] = field(default_factory=dict)  # id -> (job, attempt)
     faults: dict[str, str] = field(default_factory=dict)
     stopping: dict[str, float | None] = field(default_factory=dict)  # id -> last delivered
+    listed: frozenset[str] = frozenset()  # the job ids the last ping said were running
     taken: bool = False
     leaving: bool = False
     pings: int = 0
@@ -109,6 +110,7 @@ class ProcessSupervisor(Fleet):
                 self._requeue_locked(job, now, front=True)
         w.faults.clear()
         w.stopping.clear()
+        w.listed = frozenset()
 
     # ---- processes ---------------------------------------------------------------------
 

@@ -95,9 +95,12 @@ class ProcessFleet(ProcessSupervisor):
                 return False
             now = self._clock()
             w.pings += 1
+            # A ping made before the job started does not list it either: only one that no
+            # longer lists a job an earlier ping did says its handler has stopped.
             for job_id, delivered in list(w.stopping.items()):
-                if delivered is not None and job_id not in job_ids:
+                if delivered is not None and job_id not in job_ids and job_id in w.listed:
                     del w.stopping[job_id]  # the handler has stopped
+            w.listed = frozenset(job_ids)
             self._push_locked(now + self.config.heartbeat_timeout, "beat", w, (w.generation,
                               w.pings))
             if unhealthy is not None and w.proc is not None:
