@@ -17,6 +17,8 @@ from rpq.journal import JOURNAL_NAME, Journal, index_path, job_key
 # Targets from issue 13.
 FIRST_RUN_S = 2.0
 RSS_MB = 150.0
+#: Peak RSS may grow this much per 1,000 images of one run (0.5 KB per image would be 0.5).
+GROWTH_MB = 0.1
 
 
 @dataclass(frozen=True)
@@ -26,12 +28,14 @@ class JournalSizes:
     journal_images: int = 1_000_000
     new_images: int = 100
     e2e_images: int = 50_000
+    e2e_small: int = 10_000  # the run the big one's peak RSS is compared with
     e2e_workers: int = 16
     e2e_concurrency: int = 64
 
 
 FULL = JournalSizes()
-QUICK = JournalSizes(journal_images=5_000, new_images=20, e2e_images=500, e2e_workers=8,
+QUICK = JournalSizes(journal_images=5_000, new_images=20, e2e_images=500, e2e_small=100,
+                     e2e_workers=8,
                      e2e_concurrency=32)
 
 
@@ -131,14 +135,11 @@ def scenario_journal(ctx: Context) -> Scenario:
 # ---- 11. 50,000 images end to end in flat memory -------------------------------------------
 
 
-def scenario_flat(ctx: Context) -> Scenario:
+def end_to_end(ctx: Context, images: int) -> tuple[h.RunFigures, h.Measured, Path]:
+    """`images` images through rpq against a local endpoint with no limits; the figures."""
     z = sizes_of(ctx)
-    sc = Scenario("11", "Many images end to end", (
-        f"{z.e2e_images:,} 32x32 PNGs, `echo` handler with no delay, {z.e2e_workers} workers, "
-        f"the endpoint's rate limits off and rpq's pacing lifted (`bench/rpq_unpaced.py`), "
-        f"concurrency {z.e2e_concurrency}. Peak RSS and CPU from wait4()."))
-    folder = h.image_set(ctx.cache, z.e2e_images)
-    out = ctx.work / "runs" / "s11"
+    folder = h.image_set(ctx.cache, images)
+    out = ctx.work / "runs" / f"s11-{images}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     ep = h.EndpointProcess(out.with_name(out.name + ".endpoint.json"), handler="echo",
@@ -147,28 +148,47 @@ def scenario_flat(ctx: Context) -> Scenario:
         cmd = [str(h.PYTHON), str(h.BENCH / "rpq_unpaced.py"), "batch", str(folder), "--out",
                str(out), "--no-progress", "--concurrency", str(z.e2e_concurrency)]
         measured = h.run_measured(cmd, ep.env(), out.with_name(out.name + ".log"),
-                                  timeout=120 + z.e2e_images * 0.05)
+                                  timeout=120 + images * 0.05)
     except BaseException:
         ep.kill()
         raise
     snapshot = ep.stop()
-    figures = h.rpq_figures(z.e2e_images, out, measured, snapshot)
-    index = index_path(out / JOURNAL_NAME)
-    ctx.log(f"  s11: {figures.completed}/{z.e2e_images} done, wall {figures.wall:.1f} s, "
+    figures = h.rpq_figures(images, out, measured, snapshot)
+    ctx.log(f"  s11: {figures.completed}/{images} done, wall {figures.wall:.1f} s, "
             f"peak RSS {figures.max_rss_mb:.0f} MB, cpu {figures.cpu_seconds:.1f} s, "
             f"exit {figures.exit_code}")
+    return figures, measured, out
+
+
+def scenario_flat(ctx: Context) -> Scenario:
+    z = sizes_of(ctx)
+    sc = Scenario("11", "Many images end to end", (
+        f"{z.e2e_small:,} then {z.e2e_images:,} 32x32 PNGs, `echo` handler with no delay, "
+        f"{z.e2e_workers} workers, the endpoint's rate limits off and rpq's pacing lifted "
+        f"(`bench/rpq_unpaced.py`), concurrency {z.e2e_concurrency}. Peak RSS and CPU from "
+        "wait4(); the growth per 1,000 images compares the two runs."))
+    small, _, small_out = end_to_end(ctx, z.e2e_small)
+    figures, measured, out = end_to_end(ctx, z.e2e_images)
+    growth = ((figures.max_rss_mb - small.max_rss_mb) / (z.e2e_images - z.e2e_small) * 1000)
+    sc.rows.append(Row("11", f"peak RSS, {z.e2e_small:,} images, MB",
+                       f"{small.max_rss_mb:.0f}", "", ""))
     sc.rows.append(Row("11", f"peak RSS, {z.e2e_images:,} images, MB",
                        f"{figures.max_rss_mb:.0f}", "", "", f"<= {RSS_MB:g}",
                        figures.max_rss_mb <= RSS_MB and figures.completed == z.e2e_images))
+    sc.rows.append(Row("11", "peak RSS growth per 1,000 images, MB", f"{growth:.2f}", "", "",
+                       f"<= {GROWTH_MB:g}", growth <= GROWTH_MB))
     sc.rows.append(Row("11", f"jobs per second, {z.e2e_images:,} images",
                        fmt(figures.jobs_per_second), "", ""))
+    index = index_path(out / JOURNAL_NAME)
     sc.data = {"completed": figures.completed, "peak_rss_mb": figures.max_rss_mb,
+               "peak_rss_small_mb": small.max_rss_mb, "growth_per_1000_mb": growth,
                "cpu_seconds": figures.cpu_seconds, "wall": figures.wall,
                "index_mb": index.stat().st_size / 1e6 if index.exists() else None,
                "rss_samples": measured.rss_samples[-5:]}
-    for child in out.iterdir():
-        if child.suffix == ".png":
-            os.unlink(child)
+    for folder in (small_out, out):
+        for child in folder.iterdir():
+            if child.suffix == ".png":
+                os.unlink(child)
     return sc
 
 

@@ -41,6 +41,7 @@ from rpq.poll import Poller, StallDetector, Timing
 from rpq.progress import Reporter, Tracker
 from rpq.recorder import Recorder
 from rpq.settings import BatchSettings
+from rpq.spill import SpillMap
 from rpq.states import Column, Kind, Stage, Status
 from rpq.storage import Bucket, BucketError
 from rpq.template import RequestTemplate
@@ -136,16 +137,16 @@ class Twins:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._running: dict[str, threading.Event] = {}  # keys being worked on now
-        self._seen: set[str] = set()
+        self._seen = SpillMap()  # every key of this run: on disk, so memory stays flat
 
     def claim(self, key: str) -> bool:
         """True for the first image of a key; for a twin, False once the first has ended."""
         with self._lock:
             twin = self._running.get(key)
-            first = twin is None and key not in self._seen
+            new = self._seen.add(key)
+            first = twin is None and new
             if first:
                 self._running[key] = threading.Event()
-            self._seen.add(key)
         if not first and twin is not None:
             twin.wait()
         return first
@@ -155,8 +156,7 @@ class Twins:
             self._running.pop(key).set()
 
     def seen(self, key: str) -> bool:
-        with self._lock:
-            return key in self._seen
+        return key in self._seen
 
 
 class Batch:

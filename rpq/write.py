@@ -16,6 +16,7 @@ from rpq.errors import APIError
 from rpq.extract import Artifact, OutputError, extract, sniff_format
 from rpq.files import atomic_write
 from rpq.images import draft_for_check
+from rpq.spill import SpillMap
 from rpq.storage import Bucket, BucketError
 
 EXT = {"jpeg": "jpg", "tiff": "tif"}
@@ -44,7 +45,9 @@ class ResultWriter:
         self.download_timeout = download_timeout
         self.download_deadline = download_deadline
         self._lock = threading.Lock()
-        self._claims: dict[str, str] = {}  # output path (relative) -> input rel that owns it
+        # Output path (relative) -> input rel that owns it, for this run: on disk, so memory
+        # stays flat however many images the run writes.
+        self._claims = SpillMap()
         # Results go to this bucket prefix instead of `out` (which then holds the journal).
         self.store: Bucket | None = None
         # Who owns an output an earlier run wrote (the journal knows), asked name by name.
@@ -113,7 +116,7 @@ class ResultWriter:
                 names = self._names(stem, count, formats)
                 if all(self._owner(n, rel) == rel for n in names):
                     for n in names:
-                        self._claims[n] = rel
+                        self._claims.setdefault(n, rel)
                     return stem
             # Same stem and extension twice is impossible for two files of one folder.
             raise OutputError(f"cannot find a free output name for {rel}")
@@ -124,7 +127,7 @@ class ResultWriter:
             owner = self.earlier_owner(name)
             if owner is None:
                 return rel  # free: claimed only once its stem is chosen
-            self._claims[name] = owner
+            self._claims.setdefault(name, owner)
         return owner
 
     @staticmethod
