@@ -243,36 +243,8 @@ class RunPodClient:
     def download(
         self, url: str, *, max_bytes: int, timeout: float, deadline: float | None = None
     ) -> bytes:
-        """GET an output URL (http/https only, size-capped); no API key is sent with it.
-
-        `timeout` bounds the connection and each read; `deadline` (seconds) the whole
-        download, so a server that trickles bytes cannot hold it longer.
-        """
-        if not url.lower().startswith(("http://", "https://")):
-            raise APIError(f"refusing to download {url[:80]!r}: only http(s) URLs are fetched")
-        give_up = None if deadline is None else time.monotonic() + deadline
-        try:
-            with requests.get(
-                url, stream=True, timeout=(5.0, timeout), allow_redirects=True
-            ) as resp:
-                if resp.status_code >= 400:
-                    raise APIError(f"download failed: HTTP {resp.status_code} for {url[:120]}",
-                                   resp.status_code)
-                chunks = _capped(_arriving(resp), max_bytes, url)
-                data = []
-                for chunk in chunks:
-                    data.append(chunk)
-                    if give_up is not None and time.monotonic() > give_up:
-                        raise APIError(f"download of {url[:120]} took longer than "
-                                       f"{deadline:g} s; not saved")
-                return b"".join(data)
-        except requests.exceptions.InvalidSchema:
-            # The URL itself is http(s): a redirect led somewhere else (file:, ftp:, ...).
-            raise APIError(f"refusing to download {url[:120]}: it redirects to a URL that "
-                           "is not http(s)") from None
-        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
-            raise TransportError(f"download failed for {url[:120]}: {type(exc).__name__}: "
-                                 f"{_short_cause(exc)}") from None
+        """GET an output URL; see `download` (no API key is sent with it)."""
+        return download(url, max_bytes=max_bytes, timeout=timeout, deadline=deadline)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -398,3 +370,38 @@ def post_json(url: str, payload: dict[str, Any], timeout: float = 5.0) -> int:
         raise TransportError(f"webhook: {type(exc).__name__}: {_short_cause(exc)}") from None
     resp.close()
     return resp.status_code
+
+
+def download(
+    url: str, *, max_bytes: int, timeout: float, deadline: float | None = None
+) -> bytes:
+    """GET an output URL (http/https only, size-capped); no API key is sent with it.
+
+    `timeout` bounds the connection and each read; `deadline` (seconds) the whole
+    download, so a server that trickles bytes cannot hold it longer.
+    """
+    if not url.lower().startswith(("http://", "https://")):
+        raise APIError(f"refusing to download {url[:80]!r}: only http(s) URLs are fetched")
+    give_up = None if deadline is None else time.monotonic() + deadline
+    try:
+        with requests.get(
+            url, stream=True, timeout=(5.0, timeout), allow_redirects=True
+        ) as resp:
+            if resp.status_code >= 400:
+                raise APIError(f"download failed: HTTP {resp.status_code} for {url[:120]}",
+                               resp.status_code)
+            chunks = _capped(_arriving(resp), max_bytes, url)
+            data = []
+            for chunk in chunks:
+                data.append(chunk)
+                if give_up is not None and time.monotonic() > give_up:
+                    raise APIError(f"download of {url[:120]} took longer than "
+                                   f"{deadline:g} s; not saved")
+            return b"".join(data)
+    except requests.exceptions.InvalidSchema:
+        # The URL itself is http(s): a redirect led somewhere else (file:, ftp:, ...).
+        raise APIError(f"refusing to download {url[:120]}: it redirects to a URL that "
+                       "is not http(s)") from None
+    except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+        raise TransportError(f"download failed for {url[:120]}: {type(exc).__name__}: "
+                             f"{_short_cause(exc)}") from None

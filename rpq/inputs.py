@@ -15,6 +15,7 @@ from rpq.settings import BatchSettings
 from rpq.states import Stage
 from rpq.storage import Bucket, BucketError, RemoteImage, fetched, remote_images, url_only
 from rpq.template import RequestTemplate
+from rpq.urls import UrlReader
 
 
 class Inputs:
@@ -30,10 +31,13 @@ class Inputs:
         self._files = FileList(settings.files_from) if settings.files_from else None
         self.bucket = Bucket.at(settings.bucket_in, pool=settings.most_jobs_out + 8) \
             if settings.bucket_in else None
-        if template.needs_url and self.bucket is None:
+        self.urls = UrlReader(max_bytes=settings.download_max_mb << 20,
+                              pool=settings.concurrency + 8) if self._files else None
+        if template.needs_url and self.bucket is None and self._files is None:
             raise UsageError("{{image_url}} needs the images in a bucket (rpq batch "
                              "s3://BUCKET/PREFIX): a local file has no URL the worker could "
-                             "fetch. Use {{image_base64}} for a local folder.")
+                             "fetch. Use {{image_base64}} for a local folder, or list "
+                             "s3:// or http(s):// URLs with --files-from.")
 
     def __iter__(self) -> Iterator[ImageFile | Skipped]:
         """This shard's images; never what is in the output folder, if it lies inside."""
@@ -62,7 +66,8 @@ class Inputs:
             return remote_images(self.bucket, self.s.include, self.s.exclude,
                                  by_url=not self.template.needs_bytes)
         if self._files is not None:
-            return listed(self._files, self.s.root)
+            return listed(self._files, self.s.root, by_url=not self.template.needs_bytes,
+                          needs_url=self.template.needs_url)
         return discover(self.s.root, self.s.include, self.s.exclude, self.s.recursive)
 
     @staticmethod
@@ -71,6 +76,8 @@ class Inputs:
 
     def local(self, item: ImageFile) -> contextlib.AbstractContextManager[ImageFile]:
         """The image with its bytes on this machine while a job needs them (bucket inputs)."""
+        if isinstance(item, RemoteImage) and item.url and self.urls and not item.fetched:
+            return self.urls.fetched(item, need_bytes=self.template.needs_bytes)
         if isinstance(item, RemoteImage) and self.bucket is not None and not item.fetched:
             return fetched(self.bucket, item, need_bytes=self.template.needs_bytes)
         return contextlib.nullcontext(item)
@@ -88,7 +95,9 @@ class Inputs:
     def prepare(self, item: ImageFile) -> tuple[Prepared, str | None]:
         """What the template needs: the prepared bytes, and/or a presigned URL."""
         url = None
-        if self.template.needs_url and isinstance(item, RemoteImage) and self.bucket:
+        if self.template.needs_url and isinstance(item, RemoteImage) and item.url and self.urls:
+            url = self.urls.worker_url(item.url, self.s.url_expiry)
+        elif self.template.needs_url and isinstance(item, RemoteImage) and self.bucket:
             url = self.bucket.presign(item.rel, self.s.url_expiry)
         if isinstance(item, RemoteImage) and not self.template.needs_bytes:
             return url_only(item), url

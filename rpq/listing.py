@@ -14,6 +14,7 @@ from typing import IO
 
 from rpq.errors import UsageError
 from rpq.images import ImageFile, Skipped, _sniff_file
+from rpq.urls import is_url, readable, url_image
 
 STDIN = "-"
 
@@ -42,13 +43,12 @@ class FileList:
         self._check()
 
     def _check(self) -> None:
-        """A URL in the list is refused before anything is sent (a read of the text only)."""
+        """A URL rpq cannot read is refused before anything is sent (a read of the text only)."""
         for number, text in self.lines():
-            if "://" in text:
+            if is_url(text) and not readable(text.strip()):
                 raise UsageError(
-                    f"--files-from {self.name} line {number}: {text!r} is a URL; only local "
-                    "paths are supported in a list. Download the images, or list their local "
-                    "paths.")
+                    f"--files-from {self.name} line {number}: {text!r} is a URL rpq cannot "
+                    "read; list local paths, s3://BUCKET/KEY or http(s):// URLs.")
 
     def lines(self) -> Iterator[tuple[int, str]]:
         """(line number, path) of every line that names something; # starts a comment."""
@@ -78,14 +78,26 @@ def relative_name(path: Path, root: Path) -> str:
         return absolute.relative_to(absolute.anchor).as_posix()
 
 
-def listed(files: FileList, root: Path) -> Iterator[ImageFile | Skipped]:
-    """The images a list names, in its order; relative paths are taken from `root`."""
+def listed(files: FileList, root: Path, *, by_url: bool = False,
+           needs_url: bool = False) -> Iterator[ImageFile | Skipped]:
+    """The images a list names, in its order; relative paths are taken from `root`.
+
+    With `by_url` only a URL line's URL is sent (see url_image); with `needs_url` a local
+    path has no URL the worker could fetch, so it is skipped.
+    """
     for number, text in files.lines():
+        if is_url(text):
+            yield url_image(text.strip(), by_url=by_url)
+            continue
         path = Path(text.strip())
         rel = relative_name(path, root)
         full = root / path
         if not os.path.lexists(full):
             yield Skipped(rel, f"listed in {files.name} (line {number}) but not found")
+        elif needs_url:
+            yield Skipped(rel, f"a local file, listed in {files.name} (line {number}): "
+                               "{{image_url}} needs an s3:// or http(s):// URL the worker "
+                               "can fetch")
         elif full.is_dir():
             yield Skipped(rel, f"a folder, listed in {files.name} (line {number}); list its files")
         else:

@@ -215,6 +215,7 @@ class RemoteImage(ImageFile):
     etag: str = ""
     digest: str = ""
     fetched: bool = False
+    url: str = ""  # the s3:// or http(s):// URL a --files-from list named it by
 
 
 def remote_images(bucket: Bucket, include: Sequence[str], exclude: Sequence[str], *,

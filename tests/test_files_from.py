@@ -66,16 +66,16 @@ def test_absolute_paths_outside_the_folder_stay_inside_out(tmp_path: Path, make_
     assert expected.read_bytes() == elsewhere.read_bytes()
 
 
-def test_a_url_in_the_list_is_a_usage_error_naming_the_line(tmp_path: Path,
+def test_a_url_rpq_cannot_read_is_a_usage_error_naming_the_line(tmp_path: Path,
                                                              make_endpoint) -> None:
     ep = make_endpoint(handler="echo", workers_max=1)
     src = tmp_path / "in"
     make_images(src, 1)
     listing = tmp_path / "list.txt"
-    listing.write_text("img_000.png\nhttps://example.com/a.png\n")
+    listing.write_text("img_000.png\nftp://example.com/a.png\n")
     run = rpq(*batch_args(src, tmp_path / "out", "--files-from", listing), env=endpoint_env(ep))
     assert run.code == 2
-    assert "list.txt line 2" in run.stderr and "is a URL" in run.stderr
+    assert "list.txt line 2" in run.stderr and "is a URL rpq cannot read" in run.stderr
     assert ep.calls().get("run", 0) == 0
 
 
