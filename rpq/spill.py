@@ -26,6 +26,9 @@ class SpillMap:
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
             conn = sqlite3.connect("", isolation_level=None, check_same_thread=False)
+            # SQLite's page cache is per connection (2 MB by default): keep it small, the
+            # lookups are by primary key and the OS caches the file anyway.
+            conn.execute("PRAGMA cache_size=-256")
             conn.execute("CREATE TABLE m (k TEXT PRIMARY KEY, v TEXT NOT NULL) WITHOUT ROWID")
             weakref.finalize(self, conn.close)
             self._conn = conn
