@@ -223,8 +223,9 @@ class BatchSettings:
                              help="Descend into subfolders.")
     files_from: Path | None = option(
         "--files-from", default=None, metavar="FILE|-", group=INPUT,
-        help="Send the images this file lists (one path per line, - reads stdin) instead of "
-        "walking FOLDER; relative paths are taken from FOLDER, else the current folder.")
+        help="Send the images this file lists (one path, s3:// or http(s):// URL per line, - "
+        "reads stdin) instead of walking FOLDER; relative paths are taken from FOLDER, else "
+        "the current folder.")
     bucket_in: str | None = None  # s3://BUCKET/PREFIX the images are listed from
     bucket_out: str | None = None  # s3://BUCKET/PREFIX results go to; `out` keeps the journal
     journal_dir: Path | None = option(
