@@ -32,7 +32,7 @@ class Inputs:
         self.bucket = Bucket.at(settings.bucket_in, pool=settings.most_jobs_out + 8) \
             if settings.bucket_in else None
         self.urls = UrlReader(max_bytes=settings.download_max_mb << 20,
-                              pool=settings.concurrency + 8) if self._files else None
+                              pool=settings.most_jobs_out + 8) if self._files else None
         if template.needs_url and self.bucket is None and self._files is None:
             raise UsageError("{{image_url}} needs the images in a bucket (rpq batch "
                              "s3://BUCKET/PREFIX): a local file has no URL the worker could "
