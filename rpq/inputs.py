@@ -39,6 +39,11 @@ class Inputs:
                              "fetch. Use {{image_base64}} for a local folder, or list "
                              "s3:// or http(s):// URLs with --files-from.")
 
+    def key(self, rel: str, digest: str, fingerprint: str) -> str:
+        """What identifies the request sent: content, settings, and any per-file values."""
+        per_file = self.template.per_file(rel)
+        return job_key(f"{digest}|{per_file}" if per_file else digest, fingerprint)
+
     def __iter__(self) -> Iterator[ImageFile | Skipped]:
         """This shard's images; never what is in the output folder, if it lies inside."""
         inner, shard = self._out_rel, self.s.shard
@@ -116,7 +121,7 @@ class Inputs:
             info: dict[str, Any] = {"file": item.rel, "bytes": self.size(item)}
             try:
                 with self.local(item) as local:
-                    entry = journal.get(job_key(self.digest(local), fingerprint))
+                    entry = journal.get(self.key(local.rel, self.digest(local), fingerprint))
                     info["journal"] = entry.state if entry else Stage.NEW
                     if preview is None:
                         prepared, url = self.prepare(local)

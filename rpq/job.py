@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ class Decision(Enum):
     COLLECT = "collect"  # it ended while being cancelled: wait again, for its paid result
     REQUEUE = "requeue"  # cancelled to move to the active endpoint: submit again, free
     RESUBMIT = "resubmit"  # cancelled as stuck: submit again, using one of --job-retries
+    RETRY_LATER = "retry_later"  # the submit failed on a passing fault: pause, send again,
+    # using one of --job-retries
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class Runner:
         budget: Budget,
         stopping: Callable[[], bool],
         halted: Callable[[], bool],
+        pause: Callable[[float], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -96,6 +100,8 @@ class Runner:
         self.budget = budget
         self.stopping = stopping  # submit nothing new
         self.halted = halted  # stop waiting: everything in flight is being cancelled
+        # Wait this long before sending again; True when the run stops meanwhile.
+        self.pause = pause or threading.Event().wait
         self.clock, self.wall = clock, wall
 
     def send(self, job: Job, body: Body) -> Ending:
@@ -120,9 +126,16 @@ class Runner:
                 if ticket is None:
                     if body is None or self.stopping():
                         return Ending(None)
-                    sent = self._send_body(job, body, since)
+                    sent = self._send_body(job, body, since, retries)
+                    if sent is Decision.RETRY_LATER:
+                        retries -= 1
+                        self._count(job, "")
+                        self.pause(min(30.0, 2.0 ** (self.job_retries - retries)))
+                        self._count(job, Column.QUEUED)
+                        continue
                     if sent is None or isinstance(sent, JobRecord):
                         return Ending(sent)
+                    assert isinstance(sent, Ticket)
                     ticket, since = sent, sent.wall
                 result = self._wait(job, ticket)
                 decision = self._decide(job, ticket, result, body is not None, retries)
@@ -139,7 +152,8 @@ class Runner:
 
     # -- steps ------------------------------------------------------------------------------
 
-    def _send_body(self, job: Job, body: Body, since: float) -> Ticket | JobRecord | None:
+    def _send_body(self, job: Job, body: Body, since: float,
+                   retries: int) -> Ticket | JobRecord | Decision | None:
         """Make the body, submit it, drop it. None: the run stopped while waiting for memory."""
         self.budget.release_here()  # an earlier attempt's last reply: never wait while holding
         try:
@@ -151,13 +165,15 @@ class Runner:
         if data is None:
             return None
         try:
-            return self._submit(job, data, since)
+            return self._submit(job, data, since, retries)
         finally:
             del data
             body.close()
 
-    def _submit(self, job: Job, body: bytes, since: float) -> Ticket | JobRecord:
-        """POST /run to the active endpoint: the ticket, or the record of a failed submit."""
+    def _submit(self, job: Job, body: bytes, since: float,
+                retries: int) -> Ticket | JobRecord | Decision:
+        """POST /run to the active endpoint: the ticket, the record of a failed submit, or
+        RETRY_LATER when it failed on a passing fault and --job-retries allows another go."""
         endpoint = self.endpoints.active
         caller = self.endpoints.caller(endpoint)
         job.attempts += 1
@@ -166,6 +182,11 @@ class Runner:
             reply = caller.submit(body)
         except APIError as exc:
             self.journal.lost(job.key, "", "submit failed")
+            if retries > 0 and is_transient(exc):
+                self.tracker.add(Column.RETRIED)
+                self.tracker.error(f"{job.rel}: submit failed ({exc}); sending it again after "
+                                   "a pause (--job-retries)")
+                return Decision.RETRY_LATER
             return submit_failed(job, endpoint, exc, since, now_iso(self.wall()))
         job_id = str(reply["id"])
         self.journal.submitted(job.key, job_id, endpoint, caller.client.base_url)

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from rpq.errors import UsageError
 from rpq.files import atomic_write
@@ -194,6 +195,7 @@ def write_metrics(
     run: Mapping[str, object],
     *,
     stats: Mapping[str, object] | None = None,
+    runs: list[dict[str, Any]] | None = None,
 ) -> None:
     """Write job_metrics.json atomically: a crash leaves the old file or the new one.
 
@@ -203,11 +205,12 @@ def write_metrics(
     if stats is None:
         jobs = list(jobs)
         stats = summarize(jobs)
-    atomic_write(Path(path), _document_chunks(stats, jobs, run), fsync=True)
+    atomic_write(Path(path), _document_chunks(stats, jobs, run, runs), fsync=True)
 
 
 def _document_chunks(
-    stats: Mapping[str, object], jobs: Iterable[JobRecord], run: Mapping[str, object]
+    stats: Mapping[str, object], jobs: Iterable[JobRecord], run: Mapping[str, object],
+    runs: list[dict[str, Any]] | None = None,
 ) -> Iterator[bytes]:
     def dump(value: object, indent: int | None = 2) -> str:
         text = json.dumps(value, indent=indent, ensure_ascii=False, allow_nan=False, default=str)
@@ -218,7 +221,9 @@ def _document_chunks(
     for job in jobs:
         yield (("\n    " if first else ",\n    ") + dump(job.to_dict(), None)).encode()
         first = False
-    yield (("\n  ]" if not first else "]") + ',\n  "run": ' + dump(dict(run)) + "\n}\n").encode()
+    earlier = "" if runs is None else ',\n  "runs": ' + dump(runs)
+    yield (("\n  ]" if not first else "]") + ',\n  "run": ' + dump(dict(run)) + earlier
+           + "\n}\n").encode()
 
 
 def load_metrics(path: Path) -> Metrics:

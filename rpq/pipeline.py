@@ -35,11 +35,12 @@ from rpq.guards import Alerter, Guards, GuardSettings, HaltRule
 from rpq.images import ImageFile, Skipped, no_image_found
 from rpq.inputs import Inputs
 from rpq.job import Ending, Job, Runner
-from rpq.journal import JOURNAL_NAME, Entry, Journal, job_key
+from rpq.journal import JOURNAL_NAME, Entry, Journal
 from rpq.metrics import JobRecord, load_metrics, now_iso
 from rpq.poll import Poller, StallDetector, Timing
 from rpq.progress import Reporter, Tracker
 from rpq.recorder import Recorder
+from rpq.runs import RUNS_NAME
 from rpq.settings import BatchSettings
 from rpq.spill import SpillMap
 from rpq.states import Column, Kind, Stage, Status
@@ -56,8 +57,10 @@ class BatchResult:
     interrupted: bool = False
     stop_reason: str | None = None
     orphans: int = 0
-    skipped: int = 0
+    skipped: int = 0  # done or failed in an earlier run
+    twins: int = 0  # the same request as another image of this run: its result copied
     not_started: int = 0
+    found: int | None = None  # images in the folder (None: the walk did not finish)
 
     @property
     def failed(self) -> int:
@@ -212,13 +215,17 @@ class Batch:
         self.runner = Runner(self.endpoints, build_poller(settings, clock, sleep), self.writer,
                              self.journal, self.tracker,
                              job_retries=settings.job_retries, budget=self.budget,
-                             stopping=self._stop.is_set,
-                             halted=self._halt.is_set, clock=clock, wall=wall)
+                             stopping=self._stop.is_set, halted=self._halt.is_set,
+                             pause=self._stop.wait, clock=clock, wall=wall)
         self._lock = threading.Lock()
         self.interrupted = False
         self.stop_reason: str | None = None
         self.orphans = 0
         self._twins = Twins()
+        self._earlier: set[str] = set()  # keys answered from the journal, not sent in this run
+        where = settings.bucket_in or str(settings.root)
+        endpoint = settings.endpoint.endpoint_id or "built-in endpoint"
+        self.tracker.title = f"rpq batch {where} → {endpoint}"
 
     # -- entry points -----------------------------------------------------------------------
 
@@ -252,6 +259,7 @@ class Batch:
         self.s.out.mkdir(parents=True, exist_ok=True)
         if self.s.fresh and self.journal.path.exists():
             os.replace(self.journal.path, self.journal.path.with_suffix(".jsonl.old"))
+            (self.s.out / RUNS_NAME).unlink(missing_ok=True)  # earlier runs' summaries too
         started_wall = self.wall()
         sweep_temp_files(self.s.out)  # half-written files of a run that was killed
         self.writer.earlier_owner = self.journal.output_owner
@@ -276,8 +284,9 @@ class Batch:
                 orphans=self.orphans, endpoints=self.endpoints)
         return BatchResult(summary, interrupted=self.interrupted,
                            stop_reason=self.stop_reason, orphans=self.orphans,
-                           skipped=self.tracker.counts[Column.SKIPPED],
-                           not_started=self.recorder.not_started)
+                           skipped=self.tracker.counts[Column.SKIPPED] - self.recorder.twins,
+                           twins=self.recorder.twins, not_started=self.recorder.not_started,
+                           found=self.tracker.total)
 
     def interrupt(self) -> int:
         """Ctrl-C: first stop submitting and cancel queued jobs; then cancel everything."""
@@ -388,9 +397,10 @@ class Batch:
         except OSError as exc:
             self._record(None, self._bad_input(item.rel, f"unreadable: {exc.strerror}"))
             return
-        key = job_key(digest, self.fingerprint)
+        key = self._key(item.rel, digest)
         if not self._twins.claim(key):
-            self._reuse(item.rel, key)
+            # Sent in this run, or answered by an earlier one (its first file said which).
+            self._reuse(item.rel, key, in_this_run=key not in self._earlier)
             return
         try:
             self._process(item, key)
@@ -400,9 +410,11 @@ class Batch:
     def _process(self, item: ImageFile, key: str) -> None:
         entry = self.journal.get(key)
         if entry is not None and entry.state == Stage.DONE and self._outputs_exist(entry):
+            self._earlier.add(key)
             self._reuse(item.rel, key)
             return
         if entry is not None and entry.state == Stage.FAILED and not self.s.retry_failed:
+            self._earlier.add(key)
             record = JobRecord.from_dict(entry.record or {"status": Status.FAILED})
             record.input = item.rel
             self.recorder.reused(record)
@@ -428,8 +440,12 @@ class Batch:
         outputs = (entry.record or {}).get("outputs") or []
         return bool(outputs) and all(self.writer.has(o) for o in outputs)
 
-    def _reuse(self, rel: str, key: str) -> None:
-        """Same content and settings as a job already done: reuse its result."""
+    def _key(self, rel: str, digest: str) -> str:
+        """What identifies the request sent: content, settings, and any per-file values."""
+        return self.inputs.key(rel, digest, self.fingerprint)
+
+    def _reuse(self, rel: str, key: str, in_this_run: bool = False) -> None:
+        """The same request as a job already done (in this run or an earlier one): reuse it."""
         entry = self.journal.get(key)
         saved = entry.record if entry is not None else None
         if entry is None or saved is None:
@@ -441,8 +457,9 @@ class Batch:
             except (OSError, RpqError) as exc:
                 record = self._failure(rel, f"could not copy the result of {record.input}: "
                                        f"{exc}", Kind.NO_OUTPUT)
+        twin_of = record.input if in_this_run and record.input != rel else None
         record.input = rel  # a failure is reported under each copy's own name too
-        self.recorder.reused(record)
+        self.recorder.reused(record, twin_of=twin_of)
 
     # -- records ----------------------------------------------------------------------------
 
@@ -471,7 +488,7 @@ class Batch:
             self._wind_down(reason)
 
     def _show_health(self, health: dict[str, Any]) -> None:
-        self.tracker.health = health
+        self.tracker.observe_health(health)
         if isinstance(health, dict):
             self.tracker.target = self.concurrency.health(health)
             self.gate.poke()

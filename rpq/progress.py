@@ -37,6 +37,7 @@ class Snapshot:
     health: dict[str, Any] | None
     spend: float | None = None
     target: int | None = None  # jobs the batch keeps out now (--concurrency)
+    title: str = "rpq batch"
 
 
 class Tracker:
@@ -54,8 +55,11 @@ class Tracker:
         self._finished = 0
         self._eta = Eta()
         self.health: dict[str, Any] | None = None
+        self.health_at: float | None = None  # when `health` was asked for (None: unknown)
+        self._last_end: float | None = None
         self.spend: float | None = None
         self.target: int | None = None
+        self.title = "rpq batch"
 
     def add(self, state: str, n: int = 1) -> None:
         with self._lock:
@@ -71,13 +75,18 @@ class Tracker:
     def finished(self, record: JobRecord) -> None:
         with self._lock:
             self._finished += 1
-            self._eta.finished(self._clock())
+            self._last_end = self._clock()
+            self._eta.finished(self._last_end)
             if record.queue_time is not None:
                 self._queue.append(record.queue_time)
             if record.process_time is not None:
                 self._process.append(record.process_time)
             if record.status != Status.COMPLETED and record.error:
                 self._errors.append(f"{record.input}: {record.error}"[:160])
+
+    def observe_health(self, health: dict[str, Any]) -> None:
+        with self._lock:
+            self.health, self.health_at = health, self._clock()
 
     def error(self, text: str) -> None:
         with self._lock:
@@ -92,19 +101,40 @@ class Tracker:
                 self.total - sum(self.counts[c] for c in _FINISHED), 0)
             eta = self._eta.estimate(now, remaining)
             queue, process = list(self._queue), list(self._process)
+            counts, health = self._split(), self.health
+            if self.health_at is not None and self._last_end is not None and \
+                    self.health_at < self._last_end and not counts["queued"] + counts["running"]:
+                health = None  # it shows workers at a moment before the last job ended
             return Snapshot(
-                counts=dict(self.counts), total=self.total, elapsed=elapsed,
+                counts=counts, total=self.total, elapsed=elapsed, title=self.title,
                 throughput=throughput, eta=eta,
                 queue_p50=percentile(queue, 50), queue_p95=percentile(queue, 95),
                 process_p50=percentile(process, 50), process_p95=percentile(process, 95),
-                errors=list(self._errors), health=self.health, spend=self.spend,
+                errors=list(self._errors), health=health, spend=self.spend,
                 target=self.target,
             )
 
 
+    def _split(self) -> dict[str, int]:
+        """Counts with in-flight jobs split as the endpoint sees them.
+
+        A long poll held until a job ends never sees it IN_PROGRESS: the endpoint's own count
+        of jobs in progress (capped at ours in flight) is the better figure then.
+        """
+        counts = dict(self.counts)
+        in_flight = counts["queued"] + counts["running"]
+        jobs = (self.health or {}).get("jobs") if self.health_at is not None else None
+        busy = jobs.get("inProgress") if isinstance(jobs, dict) else None
+        if isinstance(busy, int) and not isinstance(busy, bool):
+            counts["running"] = min(in_flight, max(counts["running"], busy))
+            counts["queued"] = in_flight - counts["running"]
+        return counts
+
+
 class Reporter(Protocol):
     def start(self, tracker: Tracker) -> None: ...
-    def job_done(self, record: JobRecord, skipped: bool = False) -> None: ...
+    def job_done(self, record: JobRecord, skipped: bool = False,
+                 twin_of: str | None = None) -> None: ...
     def message(self, text: str) -> None: ...
     def stop(self) -> None: ...
 
@@ -115,9 +145,9 @@ def _secs(value: float | None) -> str:
     return f"{value:.1f}s" if value < 120 else f"{value / 60:.1f}m"
 
 
-def describe(record: JobRecord, skipped: bool = False) -> str:
+def describe(record: JobRecord, skipped: bool = False, twin_of: str | None = None) -> str:
     """One plain line per finished job (a newline in a file name is shown as \\n)."""
-    return _one_line(_describe(record, skipped))
+    return _one_line(_describe(record, skipped, twin_of))
 
 
 def describe_not_an_image(rel: str, reason: str) -> str:
@@ -131,7 +161,14 @@ def _one_line(text: str) -> str:
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
-def _describe(record: JobRecord, skipped: bool) -> str:
+def _describe(record: JobRecord, skipped: bool, twin_of: str | None = None) -> str:
+    if twin_of is not None:
+        # The same request as another file of this run: sent once, its result copied.
+        if record.status == Status.COMPLETED:
+            return f"same    {record.input} -> {', '.join(record.outputs) or '-'} " \
+                   f"(same request as {twin_of})"
+        return f"same    {record.input}: {record.error or record.status} " \
+               f"(same request as {twin_of})"
     if skipped:
         state = "done" if record.status == Status.COMPLETED else "failed"
         return f"skip    {record.input} ({state} in an earlier run)"
@@ -157,10 +194,11 @@ class PlainReporter:
     def start(self, tracker: Tracker) -> None:
         pass
 
-    def job_done(self, record: JobRecord, skipped: bool = False) -> None:
+    def job_done(self, record: JobRecord, skipped: bool = False,
+                 twin_of: str | None = None) -> None:
         if self.failures_only and (skipped or record.status == Status.COMPLETED):
             return
-        self._line(describe(record, skipped))
+        self._line(describe(record, skipped, twin_of))
 
     def message(self, text: str) -> None:
         if not self.failures_only:
@@ -198,7 +236,8 @@ class LiveReporter:
                           refresh_per_second=4, transient=False)
         self._live.start()
 
-    def job_done(self, record: JobRecord, skipped: bool = False) -> None:
+    def job_done(self, record: JobRecord, skipped: bool = False,
+                 twin_of: str | None = None) -> None:
         pass
 
     def message(self, text: str) -> None:
@@ -215,8 +254,7 @@ class LiveReporter:
         assert self.tracker is not None
         s = self.tracker.snapshot()
         c = s.counts
-        table = Table(title="rpq batch", title_justify="left", show_header=True,
-                      header_style="bold", expand=False)
+        table = Table(show_header=True, header_style="bold", expand=False)
         for name in _SHOWN:
             table.add_column(name, justify="right")
         table.add_row(*(str(c.get(n, 0)) for n in _SHOWN))
@@ -238,6 +276,13 @@ class LiveReporter:
             lines.append(f"estimated spend ${s.spend:.4f}")
         lines += [f"! {e}" for e in s.errors]
         from rich.console import Group
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table as Grid
         from rich.text import Text
 
-        return Group(table, *(Text(line) for line in lines))
+        bar = Grid.grid(padding=(0, 1))
+        bar.add_row(ProgressBar(total=s.total, completed=finished, width=40),
+                    Text(f"{finished}/{total}"))
+        # The title on its own line: a table's title wraps at the table's width.
+        return Group(Text(s.title, style="bold", overflow="ellipsis", no_wrap=True), table, bar,
+                     *(Text(line) for line in lines))

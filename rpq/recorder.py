@@ -18,6 +18,7 @@ from rpq.images import NotImages, Skipped
 from rpq.journal import Journal
 from rpq.metrics import JobRecord, RunStats, now_iso, write_metrics
 from rpq.progress import Reporter, Tracker, describe_not_an_image
+from rpq.runs import RUNS_NAME, RunHistory
 from rpq.settings import BatchSettings
 from rpq.states import Column, Kind, column_of
 from rpq.storage import Bucket
@@ -42,6 +43,7 @@ class Recorder:
         self.wall = wall
         self.stats = RunStats()
         self.not_started = 0
+        self.twins = 0  # images that sent the same request as another of this run
         self.run_retries = 0
         self.not_images = NotImages()
         self._lock = threading.Lock()
@@ -71,10 +73,13 @@ class Recorder:
         self.tracker.spend = self.guards.spend
         return reason
 
-    def reused(self, record: JobRecord) -> None:
-        """A result an earlier job (of this run or an earlier one) already gave."""
+    def reused(self, record: JobRecord, twin_of: str | None = None) -> None:
+        """A result an earlier job (of this run: `twin_of`, or an earlier one) already gave."""
         self.tracker.add(Column.SKIPPED)
-        self._report(record, count=False)
+        if twin_of is not None:
+            with self._lock:
+                self.twins += 1
+        self._report(record, count=False, twin_of=twin_of)
 
     def not_an_image(self, item: Skipped) -> None:
         """A file that is not an image (a README): listed apart, never a job or a failure."""
@@ -91,7 +96,7 @@ class Recorder:
             with self._lock:
                 self.run_retries += 1
 
-    def _report(self, record: JobRecord, count: bool = True) -> None:
+    def _report(self, record: JobRecord, count: bool = True, twin_of: str | None = None) -> None:
         line = json.dumps(record.to_dict(), ensure_ascii=False, default=str) + "\n"
         with self._lock:
             assert self._spool is not None, "record jobs inside spooling()"
@@ -99,7 +104,19 @@ class Recorder:
             self.stats.add(record)
         if count:
             self.tracker.finished(record)
-        self.reporter.job_done(record, skipped=not count)
+        self.reporter.job_done(record, skipped=not count, twin_of=twin_of)
+
+    def _folder_jobs(self) -> Iterator[JobRecord]:
+        """Every image the output folder knows: this run's records, then the journal's others."""
+        names: set[str] = set()
+        for record in self._spooled():
+            names.add(record.input)
+            yield record
+        for entry in self.journal.entries.values():
+            saved = entry.record
+            if saved is not None and saved.get("input") not in names:
+                names.add(str(saved.get("input")))
+                yield JobRecord.from_dict(saved)
 
     def _spooled(self) -> Iterator[JobRecord]:
         assert self._spool is not None
@@ -112,11 +129,18 @@ class Recorder:
         """Write job_metrics.json and send the summary alert; returns the summary."""
         stats = self.stats.stats()
         run = self._run_block(started_wall, interrupted, stop_reason, orphans, endpoints)
+        run["stats"] = stats
         path = self.s.metrics_path
         shown = str(path)
         unsaved: OSError | None = None
         try:
-            write_metrics(path, self._spooled(), run, stats=stats)
+            history = RunHistory(self.s.out / RUNS_NAME)
+            folder = RunStats()
+            for record in self._folder_jobs():
+                folder.add(record)
+            write_metrics(path, self._folder_jobs(), run, stats=folder.stats(),
+                          runs=history.read())
+            history.append(run)
             if self.store is not None and self.s.metrics is None:
                 self.store.upload("job_metrics.json", path, "application/json")
                 shown = f"{self.store.where}job_metrics.json"

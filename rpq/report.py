@@ -48,7 +48,8 @@ COLD_START_FACTOR = 2.0
 COLD_START_RULE = (
     "cold_start recorded by rpq batch; when unknown, a job whose queue time is more than "
     f"{COLD_START_MARGIN_S:g} s above and more than {COLD_START_FACTOR:g}x the run's median "
-    "queue time"
+    "queue time, unless its worker had already run another job of the batch (it waited behind "
+    "the batch's own work, not for a worker to start)"
 )
 COST_RULE = (
     "estimate: billed seconds = processing time of every job + queue time of cold-started jobs "
@@ -115,16 +116,45 @@ def _sla_problem(part: str, colon: str, pct: float, limit: float) -> str | None:
 def cold_start_flags(jobs: Sequence[JobRecord]) -> list[bool]:
     """Per job: cold start as recorded, else inferred by COLD_START_RULE."""
     median = percentile([j.queue_time for j in jobs if j.queue_time is not None], 50)
+    later = _queued_behind(jobs)
     flags = []
-    for job in jobs:
+    for index, job in enumerate(jobs):
         if job.cold_start is not None:
             flags.append(job.cold_start)
-        elif job.queue_time is None or median is None:
+        elif job.queue_time is None or median is None or index in later:
             flags.append(False)
         else:
             threshold = max(median + COLD_START_MARGIN_S, median * COLD_START_FACTOR)
             flags.append(job.queue_time > threshold)
     return flags
+
+
+def _queued_behind(jobs: Sequence[JobRecord]) -> set[int]:
+    """Jobs that a worker of the batch ran after another of its jobs: they waited behind the
+    batch's own work, not for a worker to start."""
+    first: dict[str, tuple[float, int]] = {}
+    for index, job in enumerate(jobs):
+        if job.worker_id is None or job.submit_time is None:
+            continue
+        began = job.submit_time + (job.queue_time or 0.0)
+        if job.worker_id not in first or began < first[job.worker_id][0]:
+            first[job.worker_id] = (began, index)
+    starters = {index for _, index in first.values()}
+    return {index for index, job in enumerate(jobs)
+            if job.worker_id is not None and job.submit_time is not None
+            and index not in starters}
+
+
+def user_cancelled(job: JobRecord) -> bool:
+    """Cancelled by the user (Ctrl-C, `rpq cancel`): not a failure of the image."""
+    return failure_cause(job) == Kind.CANCELLED
+
+
+def outcome_counts(jobs: Sequence[JobRecord]) -> dict[str, int]:
+    """done / failed / cancelled, the same in the text report and the plot's title."""
+    done = sum(j.status == Status.COMPLETED for j in jobs)
+    cancelled = sum(j.status != Status.COMPLETED and user_cancelled(j) for j in jobs)
+    return {"done": done, "failed": len(jobs) - done - cancelled, "cancelled": cancelled}
 
 
 def build_report(
@@ -204,6 +234,9 @@ def _shard_of_run(run: Mapping[str, object]) -> str | None:
 def _summary(metrics: Metrics, cold: list[bool]) -> dict[str, Any]:
     # Recompute from the jobs (the file's stats may be partial); an empty jobs list keeps them.
     stats = summarize(metrics.jobs) if metrics.jobs else dict(metrics.stats)
+    if metrics.jobs:
+        counts = outcome_counts(metrics.jobs)
+        stats["failed"], stats["cancelled"] = counts["failed"], counts["cancelled"]
     stats["cold_starts"] = sum(cold)
     return stats
 
@@ -386,7 +419,8 @@ def render_text(report: Mapping[str, Any], console: Console) -> None:
         _render_merged(report["merged"], console)
     console.print(
         f"jobs {s.get('total_jobs', 0)} · completed {s.get('completed', 0)} · "
-        f"failed {s.get('failed', 0)} · success {_fmt(s.get('success_rate'))}% · "
+        f"failed {s.get('failed', 0)} · cancelled {s.get('cancelled', 0)} · "
+        f"success {_fmt(s.get('success_rate'))}% · "
         f"retried {s.get('retried', 0)} · throughput {_fmt(s.get('throughput_per_min'))}/min · "
         f"wall {_fmt_duration(s.get('wall_time'))} · cold starts {s.get('cold_starts', 0)}"
     )
@@ -537,6 +571,7 @@ _COLOURS = {
     "other": (190, 190, 190),
     "failed": (220, 38, 38),
     "failed_queue": (248, 170, 170),
+    "cancelled": (139, 92, 246),
 }
 
 
@@ -549,6 +584,7 @@ class _Span:
     failed: bool
     cold: bool
     label: str
+    cancelled: bool = False
 
     def edges(self) -> tuple[float, float, float, float]:
         """Start, end of queue, end of processing, end; clipped to the job's end."""
@@ -556,8 +592,21 @@ class _Span:
         return self.start, queue_end, min(queue_end + self.process, self.end), self.end
 
 
-def plot_timeline(jobs: Sequence[JobRecord], path: Path, *, title: str = "") -> None:
-    """Draw one bar per job (queue, processing, rest) on a shared time axis; write a PNG."""
+def timeline_title(jobs: Sequence[JobRecord]) -> str:
+    """The plot's heading: the counts the text report gives, for the jobs it can draw."""
+    spans = _spans(jobs)
+    counts = outcome_counts(jobs)
+    span = max(s.end for s in spans) - min(s.start for s in spans) if spans else 0.0
+    return (f"rpq timeline: {len(jobs)} jobs, {counts['done']} done, {counts['failed']} failed, "
+            f"{counts['cancelled']} cancelled, {sum(s.cold for s in spans)} cold starts, "
+            f"span {_fmt_duration(max(span, 1e-3))}")
+
+
+def plot_timeline(jobs: Sequence[JobRecord], path: Path, *, title: str = "") -> str:
+    """Draw one bar per job (queue, processing, rest) on a shared time axis; write a PNG.
+
+    Returns the title drawn.
+    """
     from PIL import Image, ImageDraw
 
     spans = _spans(jobs)
@@ -592,13 +641,12 @@ def plot_timeline(jobs: Sequence[JobRecord], path: Path, *, title: str = "") -> 
             )
     if not labelled:
         _draw_row_ticks(draw, font, len(spans), row, top, left)
-    heading = title or (
-        f"rpq timeline: {len(spans)} jobs, {sum(s.failed for s in spans)} failed, "
-        f"{sum(s.cold for s in spans)} cold starts, span {_fmt_duration(span)}"
-    )
+    heading = title or timeline_title(jobs)
     draw.text((left, 20), heading, fill=_COLOURS["text"], font=big)
-    _draw_legend(draw, font, left, top + plot_h + 56)
+    _draw_legend(draw, font, left, top + plot_h + 56,
+                 (any(s.failed for s in spans), any(s.cancelled for s in spans)))
     _save_png(image, Path(path))
+    return heading
 
 
 def _spans(jobs: Sequence[JobRecord]) -> list[_Span]:
@@ -614,10 +662,9 @@ def _spans(jobs: Sequence[JobRecord]) -> list[_Span]:
         queue = max(job.queue_time or 0.0, 0.0)
         process = max(job.process_time or 0.0, 0.0)
         label = job.input or job.job_id or f"job {number}"
-        spans.append(
-            _Span(start, queue, process, max(end, start), job.status != Status.COMPLETED, is_cold,
-                  label)
-        )
+        stopped = job.status != Status.COMPLETED and user_cancelled(job)
+        failed = job.status != Status.COMPLETED and not stopped
+        spans.append(_Span(start, queue, process, max(end, start), failed, is_cold, label, stopped))
     spans.sort(key=lambda s: s.start)
     return spans
 
@@ -628,8 +675,8 @@ def _draw_bar(
     # Queue first, then processing; what is left of the total (polling, transfer) is grey.
     y0, y1 = rows
     queue = _COLOURS["cold" if s.cold else ("failed_queue" if s.failed else "queue")]
-    process = _COLOURS["failed" if s.failed else "process"]
-    rest = _COLOURS["failed" if s.failed else "other"]
+    process = _COLOURS["failed" if s.failed else "cancelled" if s.cancelled else "process"]
+    rest = _COLOURS["failed" if s.failed else "cancelled" if s.cancelled else "other"]
     for a, b, colour in ((xs[0], xs[1], queue), (xs[1], xs[2], process), (xs[2], xs[3], rest)):
         if b - a >= 0.5:
             draw.rectangle((round(a), y0, max(round(a), round(b) - 1), y1), fill=colour)
@@ -638,6 +685,8 @@ def _draw_bar(
     # Gutter marks keep failures and cold starts visible even at one pixel per job.
     if s.failed:
         draw.rectangle((left - 8, y0, left - 5, y1), fill=_COLOURS["failed"])
+    if s.cancelled:
+        draw.rectangle((left - 8, y0, left - 5, y1), fill=_COLOURS["cancelled"])
     if s.cold:
         draw.rectangle((left - 13, y0, left - 10, y1), fill=_COLOURS["cold"])
 
@@ -681,14 +730,17 @@ def _draw_row_ticks(
         draw.text((left - 25, y), str(number), fill=_COLOURS["text"], font=font, anchor="rm")
 
 
-def _draw_legend(draw: ImageDraw.ImageDraw, font: Any, x: int, y: int) -> None:
-    items = (
+def _draw_legend(draw: ImageDraw.ImageDraw, font: Any, x: int, y: int,
+                 shown: tuple[bool, bool] = (True, True)) -> None:
+    """The swatches; failed and cancelled only when the plot has such jobs."""
+    items = [
         ("queue", _COLOURS["queue"]),
         ("cold start (queue)", _COLOURS["cold"]),
         ("processing", _COLOURS["process"]),
         ("polling / transfer", _COLOURS["other"]),
-        ("failed", _COLOURS["failed"]),
-    )
+    ]
+    items += [("failed", _COLOURS["failed"])] if shown[0] else []
+    items += [("cancelled by the user", _COLOURS["cancelled"])] if shown[1] else []
     for label, colour in items:
         draw.rectangle((x, y, x + 14, y + 14), fill=colour)
         draw.text((x + 20, y + 7), label, fill=_COLOURS["text"], font=font, anchor="lm")

@@ -278,7 +278,9 @@ class BatchSettings:
         help="Without progress for this long, a queued job counts as stuck (cancelled and "
         "resubmitted).")
     job_retries: int = option("--job-retries", default=1, min=0, metavar="N", group=FLOW,
-                              help="Resubmissions of a stuck job.")
+                              help="Resubmissions of one image: a stuck job, or a failed "
+                              "submit (a 5xx, 429 or lost connection past --max-retries) sent "
+                              "again after a pause.")
     max_wait: float = option("--max-wait", default=600.0, min=1, metavar="SECONDS", group=FLOW,
                              help="Longest one job may take in all; then cancel and fail.")
     poll_mode: str = option(

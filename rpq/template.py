@@ -29,6 +29,8 @@ IMAGE_PLACEHOLDERS = frozenset({"image_base64", "image_data_uri", "image_url"})
 #: Placeholders whose value needs the image's bytes (read, checked, maybe re-encoded).
 BYTES_PLACEHOLDERS = frozenset({"image_base64", "image_data_uri", "upload_name"})
 WORKFLOW_PLACEHOLDERS = (*PLACEHOLDERS, "upload_name")
+# Values that differ from file to file for the same bytes (mime follows the content).
+PER_FILE_PLACEHOLDERS = ("filename", "stem", "rel", "upload_name")
 
 # Whitespace inside the braces is tolerated: "{{ filename }}" works too.
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
@@ -169,6 +171,20 @@ class RequestTemplate:
         )
         return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
+    def per_file(self, rel: str) -> str:
+        """The per-file values a request carries besides the image ("" when it has none).
+
+        Two files with the same bytes send different requests when the template names them:
+        these values are part of what identifies a request, next to its content.
+        """
+        used = [name for name in PER_FILE_PLACEHOLDERS if name in self.names]
+        if not used:
+            return ""
+        filename = file_name(rel)
+        values = {"filename": filename, "stem": file_stem(filename), "rel": rel,
+                  "upload_name": _safe_stem(rel)}
+        return json.dumps([values[name] for name in used], ensure_ascii=True)
+
     def __repr__(self) -> str:
         return f"RequestTemplate(source={self.source!r})"
 
@@ -278,8 +294,12 @@ def upload_name(prepared: Prepared) -> str:
 
     The digest part keeps two inputs named alike (a/x.png, b/x.png) apart on one worker.
     """
-    stem = _UNSAFE_NAME_CHARS.sub("_", file_stem(file_name(prepared.source.rel))).strip("._")
-    return f"{stem[:60] or 'image'}-{prepared.digest[:12]}.{prepared.ext}"
+    return f"{_safe_stem(prepared.source.rel)}-{prepared.digest[:12]}.{prepared.ext}"
+
+
+def _safe_stem(rel: str) -> str:
+    stem = _UNSAFE_NAME_CHARS.sub("_", file_stem(file_name(rel))).strip("._")
+    return stem[:60] or "image"
 
 
 def _b64_len(n: int) -> int:

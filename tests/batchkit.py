@@ -39,7 +39,8 @@ class RecordingReporter:
     def start(self, tracker: Tracker) -> None:
         pass
 
-    def job_done(self, record: JobRecord, skipped: bool = False) -> None:
+    def job_done(self, record: JobRecord, skipped: bool = False,
+                 twin_of: str | None = None) -> None:
         self.records.append(record)
 
     def message(self, text: str) -> None:

@@ -176,6 +176,20 @@ def _is_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def _stopped_counts(result: Any, stats: dict[str, Any]) -> str:
+    """A stopped run against the whole folder: "42 done, 5 cancelled, 43 not started, of 90"."""
+    total = int(stats.get("total_jobs") or 0)
+    cancelled = int(stats.get("cancelled") or 0)
+    failed = int(stats.get("failed") or 0) - cancelled
+    not_started = (result.found - total) if result.found is not None else result.not_started
+    parts = [f"{stats.get('completed', 0)} done"]
+    parts += [f"{failed} failed"] if failed else []
+    parts += [f"{cancelled} cancelled"] if cancelled else []
+    parts.append(f"{max(not_started, 0)} not started")
+    found = result.found if result.found is not None else f"at least {total + not_started}"
+    return ", ".join(parts) + f", of {found}"
+
+
 def _print_summary(result: Any, settings: BatchSettings, view: View) -> None:
     stats = result.summary["stats"]
     if view.json_summary:
@@ -183,6 +197,7 @@ def _print_summary(result: Any, settings: BatchSettings, view: View) -> None:
     cancelled = int(stats.get("cancelled") or 0)
     failed = int(stats.get("failed") or 0) - cancelled
     lines = [
+        _stopped_counts(result, stats) if result.interrupted or result.stop_reason else
         f"{stats.get('completed', 0)} of {stats.get('total_jobs', 0)} images done, "
         f"{failed} failed" + (f", {cancelled} cancelled" if cancelled else "")
         + (f" (success {stats.get('success_rate')}%)" if stats.get("total_jobs") else ""),
@@ -202,12 +217,15 @@ def _print_summary(result: Any, settings: BatchSettings, view: View) -> None:
     if result.skipped:
         lines.append(f"{result.skipped} image(s) were already handled by an earlier run "
                      "(--retry-failed retries earlier failures, --fresh redoes everything)")
+    if result.twins:
+        lines.append(f"{result.twins} image(s) sent the same request as another image of this "
+                     "run: sent once, its result copied")
     if result.orphans:
         lines.append(f"note: {result.orphans} submit(s) of an earlier run were cut off before the "
                      "endpoint answered; those images were sent again.")
     if result.stop_reason:
-        lines.append(f"stopped early, {result.stop_reason}; {result.not_started} image(s) not "
-                     "sent. Rerun the same command to continue.")
+        lines.append(f"stopped early, {result.stop_reason}. Rerun the same command to "
+                     "continue.")
     elif result.interrupted:
         lines.append("interrupted: rerun the same command to finish; "
                      f"`rpq cancel --journal {settings.out}` stops anything left running.")

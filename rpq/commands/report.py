@@ -99,7 +99,7 @@ def report(
             "shards never overlap, so a file may have been given twice"
         )
     if plot is not None:
-        rep.plot_timeline(current.jobs, plot)
+        document["plot_title"] = rep.plot_timeline(current.jobs, plot)
         document["plot"] = str(plot)
         logs.note(f"wrote timeline plot to {plot}")
     if as_json:
