@@ -114,8 +114,10 @@ def test_the_memory_budget_bounds_the_bytes_held_whatever_the_concurrency(
     tmp_path: Path, make_endpoint: Callable[..., LocalEndpoint]
 ) -> None:
     src = photos(tmp_path / "in", 24, 900)  # about 1 MB each: ~3.5 MB held per image sent
+    # Every answer takes 0.5 s, so a body is held through its /run while the next jobs are
+    # prepared: 24 at once cannot all fit, whatever the machine's speed.
     ep = make_endpoint(handler=lambda job: {"image": TINY}, workers_max=16, workers_min=16,
-                       rate_limits={})
+                       rate_limits={}, faults="slow=1", slow_delay=0.5)
     batch = batch_of(src, tmp_path / "out", ep, concurrency=24, memory_budget=16)
     run = Running(batch)
     result = run.finish()
