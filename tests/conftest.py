@@ -1,4 +1,4 @@
-"""Shared fixtures: per-test isolation, local endpoints and loopback servers on 127.0.0.1."""
+"""Shared fixtures: per-test isolation, local and scripted endpoints, loopback servers."""
 
 from __future__ import annotations
 
@@ -9,10 +9,14 @@ from typing import Any, TypeVar
 
 import pytest
 import requests
-from helpers import Gate, LoopbackServer, WebhookReceiver
+from endpointkit import FakeEndpoint, Script, ScriptedEndpoint
+from helpers import FakeClock, Gate, LoopbackServer, WebhookReceiver
 from hypothesis import settings
 
+from rpq.api import RunPodClient
+from rpq.limiter import Limiters
 from rpq.local import LocalEndpoint
+from rpq.submit import Caller
 
 # CI explores the same examples every run (a red build is reproducible); locally, each run
 # explores new ones. `HYPOTHESIS_PROFILE=ci` reproduces CI on a laptop.
@@ -84,3 +88,29 @@ def gate() -> Iterator[Gate]:
     g = Gate()
     yield g
     g.open_all()
+
+
+@pytest.fixture
+def fake_endpoint() -> Iterator[Callable[[Script], FakeEndpoint]]:
+    """Factory: fake_endpoint(script) -> a FakeEndpoint answering on cue, stopped at teardown."""
+    yield from _factory(FakeEndpoint, FakeEndpoint.stop)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A fake clock, starting at 1000 s."""
+    return FakeClock(1000.0)
+
+
+@pytest.fixture
+def scripted(clock: FakeClock, loopback: Callable[..., LoopbackServer]) -> ScriptedEndpoint:
+    """/status and /status-sync answered from a script; answers move `clock`."""
+    return ScriptedEndpoint(clock, loopback)
+
+
+@pytest.fixture
+def caller(scripted: ScriptedEndpoint, clock: FakeClock) -> Iterator[Caller]:
+    """A Caller on the scripted endpoint, its limiters and sleeps on `clock`."""
+    client = RunPodClient(scripted.server.url + "/v2", "ep", None)
+    yield Caller(client, Limiters(clock=clock, sleep=clock.sleep), sleep=clock.sleep)
+    client.close()

@@ -31,10 +31,14 @@ def wait_for(
 
 
 class FakeClock:
-    """A monotonic clock that moves only when a test advances it or something sleeps on it."""
+    """A monotonic clock that moves only when a test advances it or something sleeps on it.
 
-    def __init__(self, start: float = 0.0) -> None:
+    A `frozen` clock records sleeps without moving: time stands still unless the test says.
+    """
+
+    def __init__(self, start: float = 0.0, *, frozen: bool = False) -> None:
         self.now = start
+        self.frozen = frozen
         self.slept: list[float] = []
 
     def __call__(self) -> float:
@@ -42,7 +46,8 @@ class FakeClock:
 
     def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
-        self.now += seconds
+        if not self.frozen:
+            self.now += seconds
 
     def advance(self, seconds: float) -> None:
         self.now += seconds

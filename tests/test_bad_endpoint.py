@@ -3,21 +3,27 @@ of the batch is unharmed; nothing is written outside the output folder."""
 
 from __future__ import annotations
 
-import json
 import random
 import threading
-import uuid
-from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 from batchkit import RecordingReporter, batch_args, rpq
-from helpers import LoopbackServer, request_body, respond
-from imaging import decodes, make_images, png_bytes
+from endpointkit import (
+    DROP,
+    FAKE_KEY,
+    FakeEndpoint,
+    FakeJob,
+    Reply,
+    Script,
+    job_records,
+    named_images,
+)
+from helpers import LoopbackServer, respond
+from imaging import decodes, png_bytes
 from PIL import Image
 
 from rpq.local import LocalEndpoint
@@ -31,136 +37,7 @@ HTML_502 = (
 )
 
 
-# --- a scriptable stand-in for the RunPod queue API -------------------------------------------
-
-
-@dataclass
-class Reply:
-    status: int
-    body: bytes | str | dict[str, Any] | list[Any]
-    content_type: str = "application/json"
-    headers: tuple[tuple[str, str], ...] = ()
-
-
-DROP = "drop"  # close the connection without an answer
-FAKE_KEY = "rpq_FAKEKEY_5e6f7a8b9c"
-
-
-@dataclass
-class FakeJob:
-    id: str
-    input: dict[str, Any]
-    polls: int = 0
-    cancelled: bool = False
-
-    @property
-    def name(self) -> str:
-        return str(self.input.get("name", ""))
-
-
-# script(op, job) -> a Reply, DROP, or None for the normal answer.
-Script = Callable[[str, "FakeJob | None"], "Reply | str | None"]
-
-
-class FakeEndpoint:
-    """Just enough of /v2/EP/{health,run,status,status-sync,cancel} to answer garbage on cue.
-
-    By default every job is COMPLETED at its first poll with the image it was sent.
-    """
-
-    def __init__(self, script: Script | None = None, endpoint_id: str = "ep") -> None:
-        self.script: Script = script or (lambda op, job: None)
-        self.endpoint_id = endpoint_id
-        self.jobs: dict[str, FakeJob] = {}
-        self.calls: Counter[str] = Counter()
-        self._lock = threading.Lock()
-        self.server = LoopbackServer(self._handle, protocol="HTTP/1.1")
-
-    @property
-    def base_url(self) -> str:
-        return f"{self.server.url}/v2"
-
-    def env(self) -> dict[str, str]:
-        """Where the fake listens, and an API key no output may ever show."""
-        return {"RUNPOD_ENDPOINT_BASE_URL": self.base_url, "RUNPOD_ENDPOINT_ID": self.endpoint_id,
-                "RUNPOD_API_KEY": FAKE_KEY}
-
-    def stop(self) -> None:
-        self.server.close()
-
-    def _handle(self, h: BaseHTTPRequestHandler) -> None:
-        raw = request_body(h)
-        parts = h.path.split("?")[0].split("/")
-        op = parts[3] if len(parts) > 3 else ""
-        job_id = parts[4] if len(parts) > 4 else ""
-        job: FakeJob | None = None
-        with self._lock:
-            self.calls[op] += 1
-            if op == "run":
-                job = FakeJob(str(uuid.uuid4()), json.loads(raw)["input"])
-                self.jobs[job.id] = job
-            else:
-                job = self.jobs.get(job_id)
-                if job is not None and op in ("status", "status-sync"):
-                    job.polls += 1
-        answer = self.script(op, job)
-        if answer is None:
-            answer = self._normal(op, job)
-        if answer == DROP:
-            h.close_connection = True
-            return
-        assert isinstance(answer, Reply)
-        respond(h, answer.status, answer.body, content_type=answer.content_type,
-                headers=answer.headers)
-
-    def _normal(self, op: str, job: FakeJob | None) -> Reply:
-        if op == "health":
-            return Reply(200, {"jobs": {"inQueue": 0}, "workers": {"idle": 1, "running": 0}})
-        if job is None:
-            return Reply(404, {"error": "job not found"})
-        if op == "run":
-            return Reply(200, {"id": job.id, "status": "IN_QUEUE"})
-        if op == "cancel":
-            job.cancelled = True
-            return Reply(200, {"id": job.id, "status": "CANCELLED"})
-        if job.cancelled:
-            return Reply(200, {"id": job.id, "status": "CANCELLED"})
-        return Reply(200, {"id": job.id, "status": "COMPLETED", "delayTime": 5,
-                           "executionTime": 7, "output": {"image": job.input["image"]}})
-
-
-@pytest.fixture
-def fake_endpoint() -> Iterator[Callable[[Script], FakeEndpoint]]:
-    started: list[FakeEndpoint] = []
-
-    def make(script: Script) -> FakeEndpoint:
-        fake = FakeEndpoint(script)
-        started.append(fake)
-        return fake
-
-    yield make
-    for fake in started:
-        fake.stop()
-
-
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def _images(tmp_path: Path, names: list[str]) -> tuple[Path, Path, Path]:
-    """An input folder with one PNG per name, an output folder inside a work folder, and a
-    template that sends the file name along, so a script can pick its answer per image."""
-    src = tmp_path / "in"
-    make_images(src, names)
-    template = tmp_path / "t.json"
-    template.write_text(json.dumps({"input": {"image": "{{image_base64}}", "name": "{{stem}}"}}))
-    work = tmp_path / "work"
-    work.mkdir()
-    return src, work / "out", template
-
-
-def _jobs(out: Path) -> dict[str, dict[str, Any]]:
-    data = json.loads((out / "job_metrics.json").read_text())
-    return {j["input"]: j for j in data["jobs"]}
 
 
 def _files_outside(work: Path, out: Path) -> list[Path]:
@@ -188,7 +65,7 @@ def test_status_sync_answered_at_once_falls_back_to_status_polls(
         return None
 
     fake = fake_endpoint(script)
-    src, out, template = _images(tmp_path, ["a", "b", "c"])
+    src, out, template = named_images(tmp_path, ["a", "b", "c"])
     run = rpq(*batch_args(src, out, "--input-template", template), env=fake.env())
     assert run.code == 0, run.stderr
     assert sorted(p.name for p in out.glob("*.png")) == ["a.png", "b.png", "c.png"]
@@ -298,12 +175,12 @@ def test_bad_outputs_fail_their_image_only(tmp_path: Path, make_endpoint: Callab
                                            picture_server: str) -> None:
     names = ["good-1", "dotdot", "absolute", "notbase64", "b64text", "fileurl",
              "url-to-file", "url-missing", "url-to-ok", "good-2"]
-    src, out, template = _images(tmp_path, names)
+    src, out, template = named_images(tmp_path, names)
     ep = _shapes_endpoint(tmp_path, make_endpoint, picture_server)
     env = {"RUNPOD_ENDPOINT_BASE_URL": ep.base_url, "RUNPOD_ENDPOINT_ID": ep.endpoint_id}
     run = rpq(*batch_args(src, out, "--input-template", template, "--save-json"), env=env)
     assert run.code == 1, run.stderr
-    jobs = _jobs(out)
+    jobs = job_records(out)
     assert sorted(jobs) == sorted(f"{n}.png" for n in names)
     # A worker's file name never decides where rpq writes: outputs are named after inputs.
     for name in ("good-1", "good-2", "dotdot", "absolute", "url-to-ok"):
@@ -332,11 +209,11 @@ def test_bad_outputs_fail_their_image_only(tmp_path: Path, make_endpoint: Callab
 
 def test_output_with_image_magic_that_does_not_decode_is_a_failure(
         tmp_path: Path, make_endpoint: Callable[..., Any]) -> None:
-    src, out, template = _images(tmp_path, ["b64magic", "good"])
+    src, out, template = named_images(tmp_path, ["b64magic", "good"])
     ep = _shapes_endpoint(tmp_path, make_endpoint, "http://127.0.0.1:9")
     env = {"RUNPOD_ENDPOINT_BASE_URL": ep.base_url, "RUNPOD_ENDPOINT_ID": ep.endpoint_id}
     run = rpq(*batch_args(src, out, "--input-template", template), env=env)
-    jobs = _jobs(out)
+    jobs = job_records(out)
     assert jobs["good.png"]["status"] == "COMPLETED"
     assert jobs["b64magic.png"]["status"] == "FAILED", jobs["b64magic.png"]
     assert run.code == 1
@@ -349,7 +226,7 @@ def test_url_outputs_are_size_capped_and_time_bounded(
     # Through the Python API, to set short download limits (the defaults: 100 MB, 60 s per
     # read, 600 s in all).
     names = ["url-hang", "url-trickle", "url-huge", "url-ok", "good"]
-    src, out, template = _images(tmp_path, names)
+    src, out, template = named_images(tmp_path, names)
     ep = _shapes_endpoint(tmp_path, make_endpoint, picture_server)
     settings = BatchSettings(
         root=src, out=out, template=template, download_max_mb=10,
@@ -384,7 +261,7 @@ def test_a_50_mb_output_is_saved_whole(tmp_path: Path, make_endpoint: Callable[.
     pixels = random.Random(50).randbytes(4096 * 4096 * 3)
     Image.frombytes("RGB", (4096, 4096), pixels).save(big, "BMP")
     assert big.stat().st_size > 50 * 10**6
-    src, out, template = _images(tmp_path, ["huge", "good-1", "good-2"])
+    src, out, template = named_images(tmp_path, ["huge", "good-1", "good-2"])
     ep = _shapes_endpoint(tmp_path, make_endpoint, "http://127.0.0.1:9", big=big)
     env = {"RUNPOD_ENDPOINT_BASE_URL": ep.base_url, "RUNPOD_ENDPOINT_ID": ep.endpoint_id}
     run = rpq(*batch_args(src, out, "--input-template", template), env=env)
@@ -436,12 +313,12 @@ def test_garbage_from_the_queue_api_fails_only_its_image(
              "st-html502", "st-nostatus", "st-weird", "st-nooutput", "st-list", "st-drop",
              "good-2"]
     fake = fake_endpoint(_garbage)
-    src, out, template = _images(tmp_path, names)
+    src, out, template = named_images(tmp_path, names)
     run = rpq(*batch_args(src, out, "--input-template", template, "--max-retries", "2",
                           "--max-queue-time", "3", "--job-retries", "0", "--max-wait", "30"),
               env=fake.env())
     assert run.code == 1, run.stderr
-    jobs = _jobs(out)
+    jobs = job_records(out)
     assert sorted(jobs) == sorted(f"{n}.png" for n in names)
     for name in ("good-1", "good-2", "st-glitch"):  # a single unreadable answer is a glitch
         assert jobs[f"{name}.png"]["status"] == "COMPLETED", jobs[f"{name}.png"]
@@ -499,13 +376,13 @@ def test_a_stalled_job_that_finished_meanwhile_is_collected_not_sent_again(
         return None
 
     fake = fake_endpoint(script)
-    src, out, template = _images(tmp_path, ["raced"])
+    src, out, template = named_images(tmp_path, ["raced"])
     run = rpq(*batch_args(src, out, "--input-template", template, "--max-queue-time", "1"),
               env=fake.env())
     assert run.code == 0, run.stderr
     assert fake.calls["run"] == 1
     assert (out / "raced.png").read_bytes() == (src / "raced.png").read_bytes()
-    job = _jobs(out)["raced.png"]
+    job = job_records(out)["raced.png"]
     assert job["status"] == "COMPLETED" and job["attempts"] == 1
 
 
@@ -528,10 +405,10 @@ def test_a_job_that_ended_while_judged_stalled_is_collected_not_lost(
         return None
 
     fake = fake_endpoint(script)
-    src, out, template = _images(tmp_path, ["a"])
+    src, out, template = named_images(tmp_path, ["a"])
     run = rpq(*batch_args(src, out, "--input-template", template, "--max-queue-time", "1",
                           "--job-retries", "0"), env=fake.env())
     assert run.code == 0, run.stderr
     assert (out / "a.png").read_bytes() == (src / "a.png").read_bytes()
     assert fake.calls["run"] == 1 and fake.calls["cancel"] == 1
-    assert _jobs(out)["a.png"]["status"] == "COMPLETED"
+    assert job_records(out)["a.png"]["status"] == "COMPLETED"

@@ -6,28 +6,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from batchkit import batch_args, rpq
-from test_bad_endpoint import FakeEndpoint, FakeJob, Reply, Script, _images, _jobs
+from endpointkit import FakeEndpoint, FakeJob, Reply, Script, job_records, named_images
 
 POLLS = ("status", "status-sync")
-
-
-@pytest.fixture
-def fake() -> Iterator[Callable[[Script], FakeEndpoint]]:
-    started: list[FakeEndpoint] = []
-
-    def make(script: Script) -> FakeEndpoint:
-        endpoint = FakeEndpoint(script)
-        started.append(endpoint)
-        return endpoint
-
-    yield make
-    for endpoint in started:
-        endpoint.stop()
 
 
 class Story:
@@ -68,7 +54,7 @@ def _answer(job: FakeJob, status: str) -> Reply:
 
 @pytest.mark.timeout(60)
 def test_a_running_job_is_never_cancelled_as_stalled(
-        tmp_path: Path, fake: Callable[[Script], FakeEndpoint]) -> None:
+        tmp_path: Path, fake_endpoint: Callable[[Script], FakeEndpoint]) -> None:
     # The early job runs on; the late one, sent 1.5 s later, starts and finishes meanwhile.
     # Were the early job judged like a queued one, it would count as overtaken and be
     # cancelled: a started job is paid for, so rpq waits for it instead.
@@ -87,20 +73,20 @@ def test_a_running_job_is_never_cancelled_as_stalled(
             return _answer(job, "IN_PROGRESS")
         return None
 
-    endpoint = fake(script)
-    src, out, template = _images(tmp_path, ["a", "b"])
+    endpoint = fake_endpoint(script)
+    src, out, template = named_images(tmp_path, ["a", "b"])
     run = rpq(*batch_args(src, out, "--input-template", template, "--rate", "1/1.5",
                           "--max-queue-time", "1"), env=endpoint.env())
     assert endpoint.calls["cancel"] == 0, run.stderr
     assert endpoint.calls["run"] == 2
     assert run.code == 0, run.stderr
-    assert {name: job["status"] for name, job in _jobs(out).items()} == {
+    assert {name: job["status"] for name, job in job_records(out).items()} == {
         "a.png": "COMPLETED", "b.png": "COMPLETED"}
 
 
 @pytest.mark.timeout(60)
 def test_a_job_back_in_the_queue_waits_from_when_it_went_back(
-        tmp_path: Path, fake: Callable[[Script], FakeEndpoint]) -> None:
+        tmp_path: Path, fake_endpoint: Callable[[Script], FakeEndpoint]) -> None:
     # The early job runs, loses its worker and goes back to IN_QUEUE after the late one (sent
     # 1.5 s after it) has finished. Its wait counts from its return to the queue: the late job
     # did not overtake it then, and a moment in the queue is no stall. Counted from its first
@@ -126,15 +112,15 @@ def test_a_job_back_in_the_queue_waits_from_when_it_went_back(
             return _answer(job, "IN_QUEUE")  # its worker was lost
         return None  # a new worker ran it
 
-    endpoint = fake(script)
-    src, out, template = _images(tmp_path, ["a", "b"])
+    endpoint = fake_endpoint(script)
+    src, out, template = named_images(tmp_path, ["a", "b"])
     run = rpq(*batch_args(src, out, "--input-template", template, "--rate", "1/1.5",
                           "--max-queue-time", str(max_queue_time)), env=endpoint.env())
     assert endpoint.calls["cancel"] == 0, run.stderr
     assert endpoint.calls["run"] == 2
     assert run.code == 0, run.stderr
     assert story.requeued and story.order[0].polls >= 3  # running, queued again, then done
-    assert {job["status"] for job in _jobs(out).values()} == {"COMPLETED"}
+    assert {job["status"] for job in job_records(out).values()} == {"COMPLETED"}
 
 
 # --- long polls: when /status-sync is refused or missing -------------------------------------
@@ -143,14 +129,14 @@ def test_a_job_back_in_the_queue_waits_from_when_it_went_back(
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("refusal", [400, 405, 501])
 def test_a_refused_long_poll_falls_back_to_status_polls(
-        tmp_path: Path, fake: Callable[[Script], FakeEndpoint], refusal: int) -> None:
+        tmp_path: Path, fake_endpoint: Callable[[Script], FakeEndpoint], refusal: int) -> None:
     def script(op: str, job: FakeJob | None) -> Reply | None:
         if op == "status-sync":
             return Reply(refusal, {"error": "method not allowed here"})
         return None
 
-    endpoint = fake(script)
-    src, out, template = _images(tmp_path, ["a"])
+    endpoint = fake_endpoint(script)
+    src, out, template = named_images(tmp_path, ["a"])
     run = rpq(*batch_args(src, out, "--input-template", template, "--max-wait", "20"),
               env=endpoint.env())
     assert run.code == 0, run.stderr
@@ -161,7 +147,7 @@ def test_a_refused_long_poll_falls_back_to_status_polls(
 
 @pytest.mark.timeout(60)
 def test_a_missing_long_poll_route_falls_back_when_status_knows_the_job(
-        tmp_path: Path, fake: Callable[[Script], FakeEndpoint]) -> None:
+        tmp_path: Path, fake_endpoint: Callable[[Script], FakeEndpoint]) -> None:
     # A proxy without the /status-sync route answers 404 for it; /status knows the job, so the
     # route is what is missing, not the job.
     def script(op: str, job: FakeJob | None) -> Reply | None:
@@ -169,8 +155,8 @@ def test_a_missing_long_poll_route_falls_back_when_status_knows_the_job(
             return Reply(404, {"error": "no such route"})
         return None
 
-    endpoint = fake(script)
-    src, out, template = _images(tmp_path, ["a"])
+    endpoint = fake_endpoint(script)
+    src, out, template = named_images(tmp_path, ["a"])
     run = rpq(*batch_args(src, out, "--input-template", template, "--max-wait", "20"),
               env=endpoint.env())
     assert run.code == 0, run.stderr
@@ -180,18 +166,18 @@ def test_a_missing_long_poll_route_falls_back_when_status_knows_the_job(
 
 @pytest.mark.timeout(60)
 def test_a_job_unknown_to_both_routes_has_expired(
-        tmp_path: Path, fake: Callable[[Script], FakeEndpoint]) -> None:
+        tmp_path: Path, fake_endpoint: Callable[[Script], FakeEndpoint]) -> None:
     def script(op: str, job: FakeJob | None) -> Reply | None:
         if op in POLLS:
             return Reply(404, {"error": "job not found"})
         return None
 
-    endpoint = fake(script)
-    src, out, template = _images(tmp_path, ["a"])
+    endpoint = fake_endpoint(script)
+    src, out, template = named_images(tmp_path, ["a"])
     run = rpq(*batch_args(src, out, "--input-template", template, "--max-wait", "20"),
               env=endpoint.env())
     assert run.code == 1
-    job = _jobs(out)["a.png"]
+    job = job_records(out)["a.png"]
     assert (job["status"], job["error_kind"]) == ("FAILED", "expired")
     assert "404" in job["error"]
     assert endpoint.calls["run"] == 1  # an expired job is reported, not paid for twice
@@ -201,7 +187,7 @@ def test_a_job_unknown_to_both_routes_has_expired(
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("op", POLLS)
 def test_a_final_poll_error_fails_the_job_at_once(
-        tmp_path: Path, fake: Callable[[Script], FakeEndpoint], op: str) -> None:
+        tmp_path: Path, fake_endpoint: Callable[[Script], FakeEndpoint], op: str) -> None:
     # 403 is no glitch: asking again cannot help, so the job fails now, with the reason,
     # rather than being polled until --max-wait.
     mode = "status" if op == "status" else "auto"
@@ -211,12 +197,12 @@ def test_a_final_poll_error_fails_the_job_at_once(
             return Reply(403, {"error": "forbidden for this key"})
         return None
 
-    endpoint = fake(script)
-    src, out, template = _images(tmp_path, ["a", "b"])
+    endpoint = fake_endpoint(script)
+    src, out, template = named_images(tmp_path, ["a", "b"])
     run = rpq(*batch_args(src, out, "--input-template", template, "--max-wait", "20",
                           "--poll", mode), env=endpoint.env())
     assert run.code == 1
-    jobs = _jobs(out)
+    jobs = job_records(out)
     assert (jobs["a.png"]["status"], jobs["a.png"]["error_kind"]) == ("FAILED", "http_error")
     assert "403" in jobs["a.png"]["error"] and "forbidden for this key" in jobs["a.png"]["error"]
     assert jobs["b.png"]["status"] == "COMPLETED"  # the rest of the batch is unharmed
@@ -225,7 +211,7 @@ def test_a_final_poll_error_fails_the_job_at_once(
 
 @pytest.mark.timeout(60)
 def test_429_is_transient_on_submit_and_on_poll(
-        tmp_path: Path, fake: Callable[[Script], FakeEndpoint]) -> None:
+        tmp_path: Path, fake_endpoint: Callable[[Script], FakeEndpoint]) -> None:
     # Too many requests: wait as told and ask again; never a failure, never a second job.
     seen: dict[str, int] = {}
 
@@ -235,14 +221,14 @@ def test_429_is_transient_on_submit_and_on_poll(
             return Reply(429, {"error": "slow down"}, headers=(("Retry-After", "0"),))
         return None
 
-    endpoint = fake(script)
-    src, out, template = _images(tmp_path, ["a"])
+    endpoint = fake_endpoint(script)
+    src, out, template = named_images(tmp_path, ["a"])
     run = rpq(*batch_args(src, out, "--input-template", template, "--max-wait", "20"),
               env=endpoint.env())
     assert run.code == 0, run.stderr
     assert (out / "a.png").read_bytes() == (src / "a.png").read_bytes()
     assert endpoint.calls["run"] == 2 and endpoint.calls["status-sync"] >= 2
-    assert _jobs(out)["a.png"]["attempts"] == 1  # one job, its /run asked twice
+    assert job_records(out)["a.png"]["attempts"] == 1  # one job, its /run asked twice
 
 
 # --- the user's --rate ----------------------------------------------------------------------
@@ -250,7 +236,7 @@ def test_429_is_transient_on_submit_and_on_poll(
 
 @pytest.mark.timeout(60)
 def test_the_users_rate_paces_submissions_end_to_end(
-        tmp_path: Path, fake: Callable[[Script], FakeEndpoint]) -> None:
+        tmp_path: Path, fake_endpoint: Callable[[Script], FakeEndpoint]) -> None:
     # --rate 2/1: two jobs a second, no burst, so 4 images take 1.5 s to submit at the least.
     # Without it, RunPod's own limit would send all four at once.
     arrivals: list[float] = []
@@ -260,8 +246,8 @@ def test_the_users_rate_paces_submissions_end_to_end(
             arrivals.append(time.monotonic())
         return None
 
-    endpoint = fake(script)
-    src, out, template = _images(tmp_path, ["a", "b", "c", "d"])
+    endpoint = fake_endpoint(script)
+    src, out, template = named_images(tmp_path, ["a", "b", "c", "d"])
     run = rpq(*batch_args(src, out, "--input-template", template, "--rate", "2/1",
                           "--concurrency", "4"), env=endpoint.env())
     assert run.code == 0, run.stderr

@@ -1,47 +1,24 @@
 """Pinned decisions of the poller at its edges, on a fake clock against a scripted endpoint
-(tests/test_poll.py): stall and give-up boundaries, what feeds the stall detector, the
+(tests/endpointkit.py): stall and give-up boundaries, what feeds the stall detector, the
 schedule of /status polls, the limits every poll keeps to, and the reasons it gives."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import pytest
+from endpointkit import DONE, QUEUED, RUNNING, Say, ScriptedEndpoint, poller
 from helpers import FakeClock, LoopbackServer, respond
-from test_poll import DONE, QUEUED, RUNNING, Say, ScriptedEndpoint
 
 from rpq.api import RunPodClient
 from rpq.limiter import Limiters
 from rpq.poll import Poller, StallDetector, Timing
 from rpq.submit import Caller
 
-START = 1000.0
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(START)
-
-
-@pytest.fixture
-def endpoint(clock: FakeClock, loopback: Callable[..., LoopbackServer]) -> ScriptedEndpoint:
-    return ScriptedEndpoint(clock, loopback)
-
-
-@pytest.fixture
-def caller(endpoint: ScriptedEndpoint, clock: FakeClock) -> Iterator[Caller]:
-    client = RunPodClient(endpoint.server.url + "/v2", "ep", None)
-    yield Caller(client, Limiters(clock=clock, sleep=clock.sleep), sleep=clock.sleep)
-    client.close()
-
-
-def _poller(clock: FakeClock, *, mode: str = "status", max_wait: float = 600.0,
-            max_queue_time: float = 60.0, timing: Timing | None = None,
-            detector: StallDetector | None = None) -> Poller:
-    return Poller(detector or StallDetector(max_queue_time, clock), timing or Timing(),
-                  max_wait=max_wait, mode=mode, clock=clock, sleep=clock.sleep)
+START = 1000.0  # where the `clock` fixture starts
+_poller = partial(poller, mode="status")
 
 
 def _learnt(delay_ms: int | None, execution_ms: int) -> Timing:
@@ -121,9 +98,9 @@ def test_expected_end_with_no_queue_time_known() -> None:
 
 
 def test_a_job_seen_finishing_counts_as_progress_and_as_started(
-        endpoint: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
+        scripted: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
     detector = StallDetector(10.0, clock)
-    endpoint.on("status", Say(200, DONE, takes=12.0))
+    scripted.on("status", Say(200, DONE, takes=12.0))
     result = _poller(clock, detector=detector).wait(caller, "j1", START + 5.0)
     assert result.outcome == "terminal"
     assert detector.last_progress == START + 12.0
@@ -132,60 +109,60 @@ def test_a_job_seen_finishing_counts_as_progress_and_as_started(
 
 
 def test_a_running_job_overtaken_by_later_ones_is_waited_for(
-        endpoint: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
+        scripted: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
     detector = StallDetector(10.0, clock)
     detector.observed(START + 5.0, "IN_PROGRESS")  # a job sent 5 s after ours has started
-    endpoint.on("status", Say(200, RUNNING, takes=30.0), Say(200, RUNNING, takes=30.0),
+    scripted.on("status", Say(200, RUNNING, takes=30.0), Say(200, RUNNING, takes=30.0),
                 Say(200, DONE))
     result = _poller(clock, detector=detector).wait(caller, "j1", START)
     assert result.outcome == "terminal" and result.reason == ""
 
 
 def test_back_in_the_queue_the_wait_counts_from_the_return(
-        endpoint: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
+        scripted: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
     detector = StallDetector(10.0, clock)
     detector.observed(START + 5.0, "IN_PROGRESS")  # sent later, started: it "overtook" ours
-    endpoint.on("status", Say(200, RUNNING, takes=20.0), Say(200, QUEUED, takes=1.0),
+    scripted.on("status", Say(200, RUNNING, takes=20.0), Say(200, QUEUED, takes=1.0),
                 Say(200, QUEUED, takes=1.0), Say(200, DONE))
     result = _poller(clock, detector=detector).wait(caller, "j1", START)
     assert result.outcome == "terminal"
-    assert endpoint.routes() == ["status"] * 4
+    assert scripted.routes() == ["status"] * 4
 
 
 # --- when the wait ends -----------------------------------------------------------------------
 
 
 def test_max_wait_ends_the_wait_at_exactly_its_limit(
-        endpoint: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
+        scripted: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
     # Two polls of 10 s with a 0.5 s pause between them: exactly 20.5 s.
-    endpoint.on("status", Say(200, RUNNING, takes=10.0))
+    scripted.on("status", Say(200, RUNNING, takes=10.0))
     result = _poller(clock, max_wait=20.5).wait(caller, "j1", START)
     assert result.outcome == "max_wait"
     assert result.reason == "no result within --max-wait 20s"
-    assert len(endpoint.asked) == 2 and clock.now == START + 20.5
+    assert len(scripted.asked) == 2 and clock.now == START + 20.5
     assert result.body == RUNNING and result.started_at == START + 10.0
 
 
-def test_interrupted_before_any_answer(endpoint: ScriptedEndpoint, caller: Caller,
+def test_interrupted_before_any_answer(scripted: ScriptedEndpoint, caller: Caller,
                                        clock: FakeClock) -> None:
     result = _poller(clock).wait(caller, "j1", START, stop=lambda: True)
     assert (result.outcome, result.reason, result.body, result.started_at) == (
         "interrupted", "interrupted", None, None)
-    assert endpoint.asked == []
+    assert scripted.asked == []
 
 
-def test_a_stall_says_why_the_polls_failed(endpoint: ScriptedEndpoint, caller: Caller,
+def test_a_stall_says_why_the_polls_failed(scripted: ScriptedEndpoint, caller: Caller,
                                            clock: FakeClock) -> None:
-    endpoint.on("status", Say(503, {"error": "upstream busy"}, takes=1.0))
+    scripted.on("status", Say(503, {"error": "upstream busy"}, takes=1.0))
     result = _poller(clock, max_queue_time=10.0).wait(caller, "j1", START)
     assert result.outcome == "stalled"
     assert result.reason.startswith("the endpoint made no progress on the batch for ")
     assert result.reason.endswith("; last poll failed: status: HTTP 503: upstream busy")
 
 
-def test_an_expired_job_says_so(endpoint: ScriptedEndpoint, caller: Caller,
+def test_an_expired_job_says_so(scripted: ScriptedEndpoint, caller: Caller,
                                 clock: FakeClock) -> None:
-    endpoint.on("status", Say(404, {"error": "gone"}))
+    scripted.on("status", Say(404, {"error": "gone"}))
     result = _poller(clock).wait(caller, "j1", START)
     assert (result.outcome, result.reason) == (
         "expired", "the endpoint no longer knows the job (404: its ttl or result retention "
@@ -193,39 +170,39 @@ def test_an_expired_job_says_so(endpoint: ScriptedEndpoint, caller: Caller,
 
 
 def test_a_status_that_is_no_runpod_one_is_named_in_40_characters(
-        endpoint: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
+        scripted: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
     odd = "THINKING_" + "X" * 60
-    endpoint.on("status", Say(200, {"id": "j1", "status": odd}, takes=5.0))
+    scripted.on("status", Say(200, {"id": "j1", "status": odd}, takes=5.0))
     result = _poller(clock, max_wait=10.0).wait(caller, "j1", START)
     assert result.reason == (f"no result within --max-wait 10s; the endpoint answered status "
                              f"{odd[:40]!r}, not a RunPod job status")
 
 
 def test_each_failed_poll_is_logged_with_the_pause_that_follows(
-        endpoint: ScriptedEndpoint, caller: Caller, clock: FakeClock,
+        scripted: ScriptedEndpoint, caller: Caller, clock: FakeClock,
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="rpq.poll")
-    endpoint.on("status", Say(502, {"error": "bad gateway"}), Say(200, DONE))
+    scripted.on("status", Say(502, {"error": "bad gateway"}), Say(200, DONE))
     _poller(clock).wait(caller, "j1", START)
     assert [r.getMessage() for r in caplog.records if r.name == "rpq.poll"] == [
         "polling again in 1.0s after: status: HTTP 502: bad gateway"]
 
 
 @pytest.mark.parametrize("code", [300, 304])
-def test_a_3xx_answer_is_no_glitch(endpoint: ScriptedEndpoint, caller: Caller,
+def test_a_3xx_answer_is_no_glitch(scripted: ScriptedEndpoint, caller: Caller,
                                    clock: FakeClock, code: int) -> None:
-    endpoint.on("status", Say(code, {"error": "moved"}))
+    scripted.on("status", Say(code, {"error": "moved"}))
     result = _poller(clock).wait(caller, "j1", START)
-    assert result.outcome == "error" and len(endpoint.asked) == 1
+    assert result.outcome == "error" and len(scripted.asked) == 1
 
 
 # --- the schedule of /status polls ------------------------------------------------------------
 
 
 def test_an_overdue_job_is_polled_soon_then_less_often(
-        endpoint: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
+        scripted: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
     # Expected to end at START - 5: overdue from the first poll.
-    endpoint.on("status", *[Say(200, QUEUED)] * 10, Say(200, DONE))
+    scripted.on("status", *[Say(200, QUEUED)] * 10, Say(200, DONE))
     timing = _learnt(2000, 3000)
     _poller(clock, timing=timing).wait(caller, "j1", START - 10.0)
     assert clock.slept == pytest.approx([0.2, 0.3, 0.45, 0.675, 1.0125, 1.51875, 2.0, 2.0,
@@ -233,8 +210,8 @@ def test_an_overdue_job_is_polled_soon_then_less_often(
 
 
 def test_polls_land_just_after_the_expected_end_at_most_10_s_away(
-        endpoint: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
-    endpoint.on("status", Say(200, QUEUED), Say(200, QUEUED), Say(200, QUEUED),
+        scripted: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
+    scripted.on("status", Say(200, QUEUED), Say(200, QUEUED), Say(200, QUEUED),
                 Say(200, QUEUED), Say(200, DONE))
     timing = _learnt(2000, 20000)  # due at START + 22
     _poller(clock, timing=timing).wait(caller, "j1", START)
@@ -242,8 +219,8 @@ def test_polls_land_just_after_the_expected_end_at_most_10_s_away(
 
 
 def test_a_job_due_in_under_a_second_is_polled_at_its_end(
-        endpoint: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
-    endpoint.on("status", Say(200, QUEUED), Say(200, QUEUED), Say(200, DONE))
+        scripted: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
+    scripted.on("status", Say(200, QUEUED), Say(200, QUEUED), Say(200, DONE))
     timing = _learnt(None, 500)  # due at START + 0.5
     _poller(clock, timing=timing).wait(caller, "j1", START)
     assert clock.slept == pytest.approx([0.55, 0.55 * 1.5])
@@ -272,41 +249,41 @@ def _answer_each(h: Any, seen: list[float], clock: FakeClock) -> None:
 
 
 def test_a_poller_long_polls_by_default_and_falls_back_when_refused(
-        endpoint: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
-    endpoint.on("status-sync", Say(405, {"error": "no"}))
-    endpoint.on("status", Say(200, DONE))
+        scripted: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
+    scripted.on("status-sync", Say(405, {"error": "no"}))
+    scripted.on("status", Say(200, DONE))
     poller = Poller(StallDetector(60.0, clock), Timing(), max_wait=600.0, clock=clock,
                     sleep=clock.sleep)
     assert poller.wait(caller, "j1", START).outcome == "terminal"
-    assert endpoint.routes() == ["status-sync", "status"]
+    assert scripted.routes() == ["status-sync", "status"]
 
 
 def test_a_long_poll_is_held_at_least_a_second(
-        endpoint: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
-    endpoint.on("status-sync", Say(200, RUNNING, takes=1.0), Say(200, DONE))
+        scripted: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
+    scripted.on("status-sync", Say(200, RUNNING, takes=1.0), Say(200, DONE))
     _poller(clock, mode="auto", max_queue_time=1.0).wait(caller, "j1", START)
-    assert [ms for _, ms in endpoint.asked] == [1000, 1000]
+    assert [ms for _, ms in scripted.asked] == [1000, 1000]
 
 
 @pytest.mark.parametrize("code", [403, 500, 429])
 def test_a_failed_long_poll_other_than_a_refusal_is_no_reason_to_fall_back(
-        endpoint: ScriptedEndpoint, caller: Caller, clock: FakeClock, code: int) -> None:
-    endpoint.on("status-sync", Say(code, {"error": "no"}, headers=(("Retry-After", "1"),)),
+        scripted: ScriptedEndpoint, caller: Caller, clock: FakeClock, code: int) -> None:
+    scripted.on("status-sync", Say(code, {"error": "no"}, headers=(("Retry-After", "1"),)),
                 Say(200, DONE))
     result = _poller(clock, mode="auto").wait(caller, "j1", START)
-    assert endpoint.routes()[:2] == ["status-sync"] * (1 if code == 403 else 2)
+    assert scripted.routes()[:2] == ["status-sync"] * (1 if code == 403 else 2)
     assert result.outcome == ("error" if code == 403 else "terminal")
 
 
 def test_the_missing_route_probe_asks_status_twice_at_most(
-        endpoint: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
+        scripted: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
     # /status-sync says 404; /status fails twice: the job cannot be told from a missing route,
     # so rpq takes it as expired rather than asking on and on.
-    endpoint.on("status-sync", Say(404, {"error": "no"}))
-    endpoint.on("status", Say(502, "bad"), Say(502, "bad"), Say(200, DONE))
+    scripted.on("status-sync", Say(404, {"error": "no"}))
+    scripted.on("status", Say(502, "bad"), Say(502, "bad"), Say(200, DONE))
     result = _poller(clock, mode="auto").wait(caller, "j1", START)
     assert result.outcome == "expired"
-    assert endpoint.routes() == ["status-sync", "status", "status"]
+    assert scripted.routes() == ["status-sync", "status", "status"]
 
 
 # --- the limits every poll keeps to -----------------------------------------------------------
@@ -319,10 +296,10 @@ def _drain(caller: Caller) -> None:
 
 
 @pytest.mark.parametrize("mode", ["status", "sync"])
-def test_polls_keep_to_runpods_status_limit(endpoint: ScriptedEndpoint, caller: Caller,
+def test_polls_keep_to_runpods_status_limit(scripted: ScriptedEndpoint, caller: Caller,
                                             clock: FakeClock, mode: str) -> None:
-    endpoint.on("status", Say(200, DONE))
-    endpoint.on("status-sync", Say(200, DONE))
+    scripted.on("status", Say(200, DONE))
+    scripted.on("status-sync", Say(200, DONE))
     _drain(caller)
     assert clock.slept == []
     _poller(clock, mode=mode).wait(caller, "j1", START)
@@ -330,12 +307,12 @@ def test_polls_keep_to_runpods_status_limit(endpoint: ScriptedEndpoint, caller: 
 
 
 def test_the_missing_route_probe_keeps_to_the_status_limit(
-        endpoint: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
-    endpoint.on("status-sync", Say(404, {"error": "no"}))
-    endpoint.on("status", Say(200, DONE))
+        scripted: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
+    scripted.on("status-sync", Say(404, {"error": "no"}))
+    scripted.on("status", Say(200, DONE))
     _drain(caller)
     _poller(clock, mode="auto").wait(caller, "j1", START)
-    assert endpoint.routes() == ["status-sync", "status", "status"]
+    assert scripted.routes() == ["status-sync", "status", "status"]
     assert clock.slept == pytest.approx([10 / 1800] * 3)
 
 

@@ -8,7 +8,8 @@ import socket
 from collections.abc import Callable, Iterator
 
 import pytest
-from test_bad_endpoint import FakeEndpoint, FakeJob, Reply
+from endpointkit import FakeEndpoint, FakeJob, Reply
+from helpers import FakeClock
 
 from rpq.api import RunPodClient, TransportError
 from rpq.errors import APIError
@@ -16,23 +17,6 @@ from rpq.limiter import Limiters
 from rpq.submit import MAX_RETRY_AFTER, Caller, retrying
 
 BODY = b'{"input": {"image": "x"}}'
-
-
-class FrozenClock:
-    """Time that moves only when the test says; sleeps are recorded, not slept."""
-
-    def __init__(self, advance: bool) -> None:
-        self.now = 50.0
-        self.advance = advance
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        if self.advance:
-            self.now += seconds
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +48,7 @@ def serve(_endpoint: tuple[FakeEndpoint, list[Reply]]) -> Callable[[list[Reply]]
     return make
 
 
-def _caller(endpoint: FakeEndpoint | str, clock: FrozenClock, retries: int = 3,
+def _caller(endpoint: FakeEndpoint | str, clock: FakeClock, retries: int = 3,
             **kw: object) -> Caller:
     base = endpoint if isinstance(endpoint, str) else endpoint.base_url
     client = RunPodClient(base, "ep", "rpq_KEY_0123456789", timeout=(2.0, 2.0))
@@ -80,7 +64,7 @@ def _error(status: int, retry_after: str | None = None) -> Reply:
 def test_5xx_is_asked_again_with_growing_jittered_backoff(
         serve: Callable[[list[Reply]], FakeEndpoint]) -> None:
     endpoint = serve([_error(500), _error(502), _error(503)])
-    clock = FrozenClock(advance=True)
+    clock = FakeClock(50.0)
     reply = _caller(endpoint, clock).submit(BODY)
     assert reply["status"] == "IN_QUEUE" and reply["id"] in endpoint.jobs
     assert endpoint.calls["run"] == 4
@@ -92,7 +76,7 @@ def test_5xx_is_asked_again_with_growing_jittered_backoff(
 
 def test_backoff_is_capped_at_30_seconds(serve: Callable[[list[Reply]], FakeEndpoint]) -> None:
     endpoint = serve([_error(500)] * 8)
-    clock = FrozenClock(advance=True)
+    clock = FakeClock(50.0)
     _caller(endpoint, clock, retries=8).submit(BODY)
     assert max(clock.slept) <= 30.0 + 0.5
     assert clock.slept[-1] >= 30.0  # 0.5 * 2**7 = 64 s would be far too long
@@ -100,7 +84,7 @@ def test_backoff_is_capped_at_30_seconds(serve: Callable[[list[Reply]], FakeEndp
 
 def test_retry_after_is_honoured_and_capped(serve: Callable[[list[Reply]], FakeEndpoint]) -> None:
     endpoint = serve([_error(429, "7"), _error(503, "600")])
-    clock = FrozenClock(advance=True)
+    clock = FakeClock(50.0)
     _caller(endpoint, clock).submit(BODY)
     assert clock.slept == [7.0, MAX_RETRY_AFTER]
     assert MAX_RETRY_AFTER == 60.0
@@ -111,7 +95,7 @@ def test_a_429_holds_later_calls_of_that_operation_only(
     # The clock stands still, so the pause the 429 put on /run is still on for the retry:
     # rpq waits once as told, then once more at the limiter, and /status waits not at all.
     endpoint = serve([_error(429, "3")])
-    clock = FrozenClock(advance=False)
+    clock = FakeClock(50.0, frozen=True)
     caller = _caller(endpoint, clock)
     job_id = caller.submit(BODY)["id"]
     assert clock.slept == [3.0, 3.0]
@@ -121,7 +105,7 @@ def test_a_429_holds_later_calls_of_that_operation_only(
 
 def test_only_a_429_holds_later_calls(serve: Callable[[list[Reply]], FakeEndpoint]) -> None:
     endpoint = serve([_error(500), _error(503, "3")])
-    clock = FrozenClock(advance=False)
+    clock = FakeClock(50.0, frozen=True)
     _caller(endpoint, clock).submit(BODY)
     assert len(clock.slept) == 2 and clock.slept[1] == 3.0  # no extra wait at the limiter
 
@@ -131,7 +115,7 @@ def test_cancels_are_paced_by_runpods_cancel_limit(
     # /cancel allows 100 per 10 s: rpq keeps to 90 with a burst of 9, so a Ctrl-C that cancels
     # a big batch at once does not earn 429s.
     endpoint = serve([])
-    clock = FrozenClock(advance=True)
+    clock = FakeClock(50.0)
     caller = _caller(endpoint, clock)
     job_id = caller.submit(BODY)["id"]
     for _ in range(10):
@@ -142,7 +126,7 @@ def test_cancels_are_paced_by_runpods_cancel_limit(
 def test_three_retries_by_default(serve: Callable[[list[Reply]], FakeEndpoint]) -> None:
     endpoint = serve([_error(500)] * 10)
     client = RunPodClient(endpoint.base_url, "ep", "rpq_KEY_0123456789", timeout=(2.0, 2.0))
-    clock = FrozenClock(advance=True)
+    clock = FakeClock(50.0)
     caller = Caller(client, Limiters(clock=clock, sleep=clock.sleep), sleep=clock.sleep)
     with pytest.raises(APIError):
         caller.submit(BODY)
@@ -153,7 +137,7 @@ def test_the_policy_works_without_a_retry_hook(
         serve: Callable[[list[Reply]], FakeEndpoint]) -> None:
     endpoint = serve([_error(502)])
     client = RunPodClient(endpoint.base_url, "ep", "rpq_KEY_0123456789", timeout=(2.0, 2.0))
-    clock = FrozenClock(advance=True)
+    clock = FakeClock(50.0)
     reply = retrying(3, sleep=clock.sleep)(lambda: client.run(BODY))
     assert reply["status"] == "IN_QUEUE" and len(clock.slept) == 1
 
@@ -161,7 +145,7 @@ def test_the_policy_works_without_a_retry_hook(
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 413])
 def test_a_4xx_is_final(serve: Callable[[list[Reply]], FakeEndpoint], status: int) -> None:
     endpoint = serve([_error(status)])
-    clock = FrozenClock(advance=True)
+    clock = FakeClock(50.0)
     with pytest.raises(APIError) as caught:
         _caller(endpoint, clock).submit(BODY)
     assert caught.value.status == status
@@ -170,7 +154,7 @@ def test_a_4xx_is_final(serve: Callable[[list[Reply]], FakeEndpoint], status: in
 
 def test_retries_stop_after_max_retries(serve: Callable[[list[Reply]], FakeEndpoint]) -> None:
     endpoint = serve([_error(500)] * 10)
-    clock = FrozenClock(advance=True)
+    clock = FakeClock(50.0)
     with pytest.raises(APIError) as caught:
         _caller(endpoint, clock, retries=2).submit(BODY)
     assert caught.value.status == 500
@@ -180,7 +164,7 @@ def test_retries_stop_after_max_retries(serve: Callable[[list[Reply]], FakeEndpo
 def test_attempts_override_the_callers_retries(
         serve: Callable[[list[Reply]], FakeEndpoint]) -> None:
     endpoint = serve([_error(500)] * 10)
-    clock = FrozenClock(advance=True)
+    clock = FakeClock(50.0)
     caller = _caller(endpoint, clock, retries=5)
     with pytest.raises(APIError):
         caller.call("run", lambda: caller.client.run(BODY), attempts=1)
@@ -193,7 +177,7 @@ def test_attempts_override_the_callers_retries(
 def test_no_retries_is_one_try(serve: Callable[[list[Reply]], FakeEndpoint]) -> None:
     endpoint = serve([_error(500)] * 3)
     with pytest.raises(APIError):
-        _caller(endpoint, FrozenClock(advance=True), retries=0).submit(BODY)
+        _caller(endpoint, FakeClock(50.0), retries=0).submit(BODY)
     assert endpoint.calls["run"] == 1
 
 
@@ -205,7 +189,7 @@ def _closed_port() -> str:
 
 
 def test_a_refused_connection_is_asked_again() -> None:
-    clock = FrozenClock(advance=True)
+    clock = FakeClock(50.0)
     with pytest.raises(TransportError):
         _caller(_closed_port(), clock, retries=2).submit(BODY)
     assert len(clock.slept) == 2
@@ -214,7 +198,7 @@ def test_a_refused_connection_is_asked_again() -> None:
 def test_each_retry_is_reported_and_logged_before_the_wait(
         serve: Callable[[list[Reply]], FakeEndpoint], caplog: pytest.LogCaptureFixture) -> None:
     endpoint = serve([_error(429, "2"), _error(500)])
-    clock = FrozenClock(advance=True)
+    clock = FakeClock(50.0)
     seen: list[tuple[str, int | None, float, int]] = []
 
     def on_retry(op: str, exc: BaseException, delay: float) -> None:
@@ -234,7 +218,7 @@ def test_each_retry_is_reported_and_logged_before_the_wait(
 def test_cancel_goes_through_the_same_policy(
         serve: Callable[[list[Reply]], FakeEndpoint]) -> None:
     endpoint = serve([])
-    clock = FrozenClock(advance=True)
+    clock = FakeClock(50.0)
     caller = _caller(endpoint, clock)
     job_id = caller.submit(BODY)["id"]
     serve([_error(503, "4")])
@@ -247,7 +231,7 @@ def test_cancel_goes_through_the_same_policy(
 def test_health_is_retried_and_paced_by_its_own_limit(
         serve: Callable[[list[Reply]], FakeEndpoint]) -> None:
     endpoint = serve([_error(503, "2")])
-    clock = FrozenClock(advance=False)
+    clock = FakeClock(50.0, frozen=True)
     caller = _caller(endpoint, clock)
     assert "workers" in caller.health()
     assert endpoint.calls["health"] == 2 and clock.slept == [2.0]
@@ -263,7 +247,7 @@ def test_health_is_retried_and_paced_by_its_own_limit(
 def test_status_asks_the_long_poll_route_when_told_to_wait(
         serve: Callable[[list[Reply]], FakeEndpoint]) -> None:
     endpoint = serve([])
-    clock = FrozenClock(advance=True)
+    clock = FakeClock(50.0)
     caller = _caller(endpoint, clock)
     job_id = caller.submit(BODY)["id"]
     assert caller.status(job_id)["status"] == "COMPLETED"

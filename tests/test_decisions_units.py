@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import FakeClock
 from imaging import png_bytes
 
 from rpq import files
@@ -26,19 +27,6 @@ from rpq.report import ReportOptions, build_report, parse_sla
 
 PNG = [png_bytes(i) for i in range(3)]
 B64 = [base64.b64encode(data).decode() for data in PNG]
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 def _decoded(output: object) -> list[bytes | None]:
@@ -100,14 +88,14 @@ def _free_calls(limiter: Limiter) -> tuple[int, float]:
 @pytest.mark.parametrize(("count", "per", "burst"), [(100, 10.0, 10), (900, 10.0, 90),
                                                      (25, 1.0, 2), (9, 1.0, 1), (1, 60.0, 1)])
 def test_default_burst_is_a_tenth_of_the_rate(count: int, per: float, burst: int) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     free, wait = _free_calls(Limiter(Rate(count, per), clock=clock, sleep=clock.sleep))
     assert free == burst
     assert wait == pytest.approx(per / count)  # then one call per interval, a whole one
 
 
 def test_a_free_call_waits_zero_never_less() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     limiter = Limiter(Rate(10, 1.0), burst=2, clock=clock, sleep=clock.sleep)
     assert limiter.reserve() == 0.0
     clock.now += 0.05  # half a token back: 1.5 in the bucket
@@ -122,7 +110,7 @@ def test_a_limiter_on_a_clock_that_starts_at_zero_is_not_paused() -> None:
 
 def test_status_and_status_sync_share_one_budget() -> None:
     # RunPod counts /status and /status-sync together (2000 per 10 s).
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     limiters = Limiters(clock=clock, sleep=clock.sleep)
     times = []
     for i in range(4000):
@@ -132,7 +120,7 @@ def test_status_and_status_sync_share_one_budget() -> None:
 
 
 def test_after_the_burst_calls_are_spaced_evenly() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     limiter = Limiter(Rate(100, 10.0), clock=clock, sleep=clock.sleep)
     waits = [limiter.acquire() for _ in range(13)]
     assert waits[:10] == [0.0] * 10
@@ -147,7 +135,7 @@ def _busiest_window(times: list[float], width: float) -> int:
 
 @pytest.mark.parametrize(("op", "documented"), [("run", 1000), ("status", 2000), ("cancel", 100)])
 def test_no_10s_window_exceeds_runpods_documented_limit(op: str, documented: int) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     limiters = Limiters(clock=clock, sleep=clock.sleep)
     times = []
     for _ in range(documented * 2):
@@ -161,7 +149,7 @@ def test_no_10s_window_exceeds_runpods_documented_limit(op: str, documented: int
 @pytest.mark.parametrize(("text", "gap"),
                          [("2/1", 0.5), ("5/60", 12.0), ("3", 1 / 3), ("20/10", 0.5)])
 def test_the_users_rate_spaces_submissions_with_no_burst(text: str, gap: float) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     limiters = Limiters(Rate.parse(text), clock=clock, sleep=clock.sleep)
     for _ in range(4):
         limiters.acquire("run")
@@ -197,7 +185,7 @@ def test_anything_else_is_no_rate(bad: str) -> None:
 
 
 def test_the_users_rate_applies_to_submissions_only() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     limiters = Limiters(Rate.parse("1/60"), clock=clock, sleep=clock.sleep)
     for op in ("status", "status-sync", "cancel", "health"):
         limiters.acquire(op)
@@ -208,7 +196,7 @@ def test_the_users_rate_applies_to_submissions_only() -> None:
 def test_each_wait_for_a_limit_is_logged_and_says_whose_limit(
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="rpq")
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     limiters = Limiters(Rate.parse("2/1"), clock=clock, sleep=clock.sleep)
     limiters.acquire("run")  # no wait: nothing to say
     limiters.acquire("run")
@@ -222,7 +210,7 @@ def test_each_wait_for_a_limit_is_logged_and_says_whose_limit(
 
 
 def test_a_429_pause_holds_that_operation_only() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     limiters = Limiters(clock=clock, sleep=clock.sleep)
     limiters.pause("run", 5.0)
     limiters.acquire("status")

@@ -6,86 +6,14 @@ The poller runs on a fake clock against a scripted endpoint on 127.0.0.1; an ans
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from helpers import FakeClock, LoopbackServer, respond
+from endpointkit import DONE, QUEUED, RUNNING, Say, ScriptedEndpoint, poller
+from helpers import FakeClock
 
-from rpq.api import RunPodClient
-from rpq.limiter import Limiters
 from rpq.poll import Poller, PollResult, StallDetector, Timing
 from rpq.submit import Caller
-
-QUEUED = {"id": "j1", "status": "IN_QUEUE"}
-RUNNING = {"id": "j1", "status": "IN_PROGRESS"}
-DONE = {"id": "j1", "status": "COMPLETED", "delayTime": 2000, "executionTime": 3000,
-        "output": {"ok": True}}
-
-
-@dataclass(frozen=True)
-class Say:
-    """One scripted answer; `takes` seconds pass on the fake clock before it is sent."""
-
-    code: int
-    body: dict[str, Any] | str
-    takes: float = 0.0
-    headers: tuple[tuple[str, str], ...] = ()
-
-
-class ScriptedEndpoint:
-    """Answers /status and /status-sync from a script per route (the last answer repeats)."""
-
-    def __init__(self, clock: FakeClock, loopback: Callable[..., LoopbackServer]) -> None:
-        self.clock = clock
-        self.script: dict[str, list[Say]] = {"status": [Say(404, {"error": "no such job"})],
-                                             "status-sync": [Say(404, {"error": "not found"})]}
-        self.asked: list[tuple[str, int | None]] = []  # (route, wait ms of a long poll)
-        self.server = loopback(self._handle)
-
-    def on(self, route: str, *answers: Say) -> None:
-        self.script[route] = list(answers)
-
-    def routes(self) -> list[str]:
-        return [route for route, _ in self.asked]
-
-    def _handle(self, h: BaseHTTPRequestHandler) -> None:
-        url = urlsplit(h.path)
-        route = url.path.split("/")[3]  # /v2/ep/<route>/<job id>
-        wait = parse_qs(url.query).get("wait")
-        self.asked.append((route, int(wait[0]) if wait else None))
-        queue = self.script.get(route) or [Say(404, {"error": "no route"})]
-        say = queue.pop(0) if len(queue) > 1 else queue[0]
-        self.clock.advance(say.takes)
-        respond(h, say.code, say.body, headers=say.headers)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(1000.0)
-
-
-@pytest.fixture
-def endpoint(clock: FakeClock, loopback: Callable[..., LoopbackServer]) -> ScriptedEndpoint:
-    return ScriptedEndpoint(clock, loopback)
-
-
-@pytest.fixture
-def caller(endpoint: ScriptedEndpoint, clock: FakeClock) -> Iterator[Caller]:
-    client = RunPodClient(endpoint.server.url + "/v2", "ep", None)
-    yield Caller(client, Limiters(clock=clock, sleep=clock.sleep), sleep=clock.sleep)
-    client.close()
-
-
-def poller(clock: FakeClock, *, mode: str = "auto", max_wait: float = 600.0,
-           max_queue_time: float = 60.0, timing: Timing | None = None,
-           detector: StallDetector | None = None) -> Poller:
-    detector = detector or StallDetector(max_queue_time, clock)
-    return Poller(detector, timing or Timing(), max_wait=max_wait, mode=mode, clock=clock,
-                  sleep=clock.sleep)
 
 
 def wait(poll: Poller, caller: Caller, clock: FakeClock, **kwargs: Any) -> PollResult:
@@ -96,8 +24,8 @@ def wait(poll: Poller, caller: Caller, clock: FakeClock, **kwargs: Any) -> PollR
 
 
 def test_a_held_long_poll_is_asked_again_at_once(
-        endpoint: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
-    endpoint.on("status-sync", Say(200, QUEUED, takes=20.0), Say(200, RUNNING, takes=20.0),
+        scripted: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
+    scripted.on("status-sync", Say(200, QUEUED, takes=20.0), Say(200, RUNNING, takes=20.0),
                 Say(200, DONE, takes=3.0))
     timing = Timing()
     seen: list[str] = []
@@ -107,64 +35,64 @@ def test_a_held_long_poll_is_asked_again_at_once(
     assert result.started_at == 1040.0  # first seen running after two 20 s long polls
     assert seen == ["IN_PROGRESS", "COMPLETED"]
     # Each long poll asks the endpoint to hold it 20 s (MAX_LONG_POLL), with no pause between.
-    assert endpoint.asked == [("status-sync", 20000)] * 3
+    assert scripted.asked == [("status-sync", 20000)] * 3
     assert clock.slept == []
     assert (timing.delay, timing.execution) == (2.0, 3.0)
 
 
 def test_a_long_poll_is_held_no_longer_than_half_the_queue_limit_nor_past_max_wait(
-        endpoint: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
-    endpoint.on("status-sync", Say(200, RUNNING, takes=3.0), Say(200, RUNNING, takes=3.0),
+        scripted: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
+    scripted.on("status-sync", Say(200, RUNNING, takes=3.0), Say(200, RUNNING, takes=3.0),
                 Say(200, DONE))
     wait(poller(clock, max_queue_time=6.0, max_wait=8.0), caller, clock)
-    assert [ms for _, ms in endpoint.asked] == [3000, 3000, 2000]
+    assert [ms for _, ms in scripted.asked] == [3000, 3000, 2000]
 
 
 def test_long_polls_that_come_back_early_switch_the_batch_to_status(
-        endpoint: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
-    endpoint.on("status-sync", Say(200, QUEUED))
-    endpoint.on("status", Say(200, QUEUED), Say(200, DONE))
+        scripted: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
+    scripted.on("status-sync", Say(200, QUEUED))
+    scripted.on("status", Say(200, QUEUED), Say(200, DONE))
     poll = poller(clock)
     result = wait(poll, caller, clock)
     assert result.outcome == "terminal"
     # Three unheld long polls, each followed by a one-second pause, then /status for good.
-    assert endpoint.routes() == ["status-sync"] * 3 + ["status"] * 2
+    assert scripted.routes() == ["status-sync"] * 3 + ["status"] * 2
     assert clock.slept[:3] == [1.0, 1.0, 1.0]
-    endpoint.asked.clear()
+    scripted.asked.clear()
     wait(poll, caller, clock)
-    assert endpoint.routes() == ["status"]
+    assert scripted.routes() == ["status"]
 
 
 def test_a_long_poll_held_half_its_time_counts_as_held(
-        endpoint: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
-    endpoint.on("status-sync", Say(200, QUEUED, takes=10.0), Say(200, QUEUED, takes=9.9),
+        scripted: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
+    scripted.on("status-sync", Say(200, QUEUED, takes=10.0), Say(200, QUEUED, takes=9.9),
                 Say(200, DONE))
     wait(poller(clock), caller, clock)
     assert clock.slept == [1.0]  # only after the one back before half of its 20 s
 
 
 def test_in_sync_mode_early_long_polls_never_switch_to_status(
-        endpoint: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
-    endpoint.on("status-sync", *[Say(200, QUEUED)] * 5, Say(200, DONE))
+        scripted: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
+    scripted.on("status-sync", *[Say(200, QUEUED)] * 5, Say(200, DONE))
     result = wait(poller(clock, mode="sync"), caller, clock)
     assert result.outcome == "terminal"
-    assert endpoint.routes() == ["status-sync"] * 6
+    assert scripted.routes() == ["status-sync"] * 6
 
 
 def test_status_mode_never_long_polls(
-        endpoint: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
-    endpoint.on("status", Say(200, QUEUED), Say(200, QUEUED), Say(200, QUEUED), Say(200, DONE))
+        scripted: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
+    scripted.on("status", Say(200, QUEUED), Say(200, QUEUED), Say(200, QUEUED), Say(200, DONE))
     result = wait(poller(clock, mode="status"), caller, clock)
     assert result.outcome == "terminal"
-    assert endpoint.asked == [("status", None)] * 4
+    assert scripted.asked == [("status", None)] * 4
     assert clock.slept == [0.5, 0.75, 1.125]  # nothing learnt yet: a gentle backoff
 
 
 def test_status_polls_land_just_after_the_expected_end(
-        endpoint: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
+        scripted: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
     timing = Timing()
     timing.learn({"delayTime": 1000, "executionTime": 4000})  # a finished job took 1 s + 4 s
-    endpoint.on("status", Say(200, QUEUED), Say(200, RUNNING), Say(200, RUNNING),
+    scripted.on("status", Say(200, QUEUED), Say(200, RUNNING), Say(200, RUNNING),
                 Say(200, DONE))
     result = wait(poller(clock, mode="status", timing=timing), caller, clock)
     assert result.outcome == "terminal"
@@ -175,67 +103,67 @@ def test_status_polls_land_just_after_the_expected_end(
 
 @pytest.mark.parametrize("code", [400, 405, 501])
 def test_a_refused_long_poll_falls_back_to_status(
-        code: int, endpoint: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
-    endpoint.on("status-sync", Say(code, {"error": "no"}))
-    endpoint.on("status", Say(200, DONE))
+        code: int, scripted: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
+    scripted.on("status-sync", Say(code, {"error": "no"}))
+    scripted.on("status", Say(200, DONE))
     result = wait(poller(clock), caller, clock)
     assert result.outcome == "terminal"
-    assert endpoint.routes() == ["status-sync", "status"]
+    assert scripted.routes() == ["status-sync", "status"]
     assert clock.slept == []
 
 
 def test_a_missing_long_poll_route_falls_back_when_status_knows_the_job(
-        endpoint: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
-    endpoint.on("status-sync", Say(404, {"error": "no route"}))
-    endpoint.on("status", Say(200, QUEUED), Say(200, DONE))
+        scripted: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
+    scripted.on("status-sync", Say(404, {"error": "no route"}))
+    scripted.on("status", Say(200, QUEUED), Say(200, DONE))
     result = wait(poller(clock), caller, clock)
     assert result.outcome == "terminal"
     # The 404 is checked against /status, which knows the job; from then on /status only.
-    assert endpoint.routes() == ["status-sync", "status", "status"]
+    assert scripted.routes() == ["status-sync", "status", "status"]
 
 
 def test_in_sync_mode_a_missing_long_poll_route_ends_the_wait(
-        endpoint: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
-    endpoint.on("status-sync", Say(404, {"error": "no route"}))
-    endpoint.on("status", Say(200, QUEUED))
+        scripted: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
+    scripted.on("status-sync", Say(404, {"error": "no route"}))
+    scripted.on("status", Say(200, QUEUED))
     result = wait(poller(clock, mode="sync"), caller, clock)
     assert result.outcome == "expired"  # it may not fall back, and asking again cannot help
-    assert endpoint.routes() == ["status-sync", "status"]
+    assert scripted.routes() == ["status-sync", "status"]
 
 
 def test_a_job_unknown_to_both_routes_has_expired(
-        endpoint: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
-    endpoint.on("status-sync", Say(200, QUEUED, takes=20.0), Say(404, {"error": "gone"}))
-    endpoint.on("status", Say(404, {"error": "gone"}))
+        scripted: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
+    scripted.on("status-sync", Say(200, QUEUED, takes=20.0), Say(404, {"error": "gone"}))
+    scripted.on("status", Say(404, {"error": "gone"}))
     result = wait(poller(clock), caller, clock)
     assert result.outcome == "expired"
     assert "404" in result.reason and "no longer knows the job" in result.reason
     assert result.body == QUEUED  # the last job object seen
-    assert endpoint.routes() == ["status-sync", "status-sync", "status"]
+    assert scripted.routes() == ["status-sync", "status-sync", "status"]
 
 
 # -- errors ---------------------------------------------------------------------------------
 
 
 def test_transient_errors_back_off_doubling_and_reset_after_an_answer(
-        endpoint: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
+        scripted: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
     bad = Say(502, "<html><title>502 Bad Gateway</title></html>")
-    endpoint.on("status", bad, bad, bad, Say(200, QUEUED), bad, Say(200, DONE))
+    scripted.on("status", bad, bad, bad, Say(200, QUEUED), bad, Say(200, DONE))
     result = wait(poller(clock, mode="status"), caller, clock)
     assert result.outcome == "terminal"
     assert clock.slept == [1.0, 2.0, 4.0, 5.0, 1.0]  # 5.0: the gentle schedule's cap
 
 
 def test_backoff_is_capped_at_30_seconds(
-        endpoint: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
-    endpoint.on("status", *[Say(503, {"error": "busy"})] * 8, Say(200, DONE))
+        scripted: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
+    scripted.on("status", *[Say(503, {"error": "busy"})] * 8, Say(200, DONE))
     wait(poller(clock, mode="status", max_queue_time=1000.0), caller, clock)
     assert clock.slept == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
 
 
 def test_retry_after_is_honoured_up_to_a_minute(
-        endpoint: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
-    endpoint.on("status", Say(429, {"error": "slow down"}, headers=(("Retry-After", "7"),)),
+        scripted: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
+    scripted.on("status", Say(429, {"error": "slow down"}, headers=(("Retry-After", "7"),)),
                 Say(429, {"error": "slow down"}, headers=(("Retry-After", "600"),)),
                 Say(200, DONE))
     wait(poller(clock, mode="status", max_queue_time=1000.0), caller, clock)
@@ -243,30 +171,30 @@ def test_retry_after_is_honoured_up_to_a_minute(
 
 
 def test_an_answer_that_is_no_job_is_asked_again(
-        endpoint: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
-    endpoint.on("status", Say(200, "<html>captive portal</html>"), Say(200, DONE))
+        scripted: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
+    scripted.on("status", Say(200, "<html>captive portal</html>"), Say(200, DONE))
     result = wait(poller(clock, mode="status"), caller, clock)
     assert result.outcome == "terminal"
     assert clock.slept == [1.0]
 
 
 def test_a_final_error_ends_the_wait_at_once(
-        endpoint: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
-    endpoint.on("status", Say(200, RUNNING), Say(403, {"error": "forbidden"}))
+        scripted: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
+    scripted.on("status", Say(200, RUNNING), Say(403, {"error": "forbidden"}))
     result = wait(poller(clock, mode="status"), caller, clock)
     assert result.outcome == "error"
     assert "403" in result.reason and "forbidden" in result.reason
     assert result.body == RUNNING
     assert result.started_at == 1000.0
-    assert len(endpoint.asked) == 2
+    assert len(scripted.asked) == 2
 
 
 # -- when to give up ------------------------------------------------------------------------
 
 
 def test_max_wait_ends_the_wait_and_says_why_the_last_poll_failed(
-        endpoint: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
-    endpoint.on("status", Say(200, RUNNING), Say(500, {"error": "worker exploded"}))
+        scripted: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
+    scripted.on("status", Say(200, RUNNING), Say(500, {"error": "worker exploded"}))
     result = wait(poller(clock, mode="status", max_wait=100.0), caller, clock)
     assert result.outcome == "max_wait"
     assert result.reason.startswith("no result within --max-wait 100s; last poll failed: ")
@@ -277,16 +205,16 @@ def test_max_wait_ends_the_wait_and_says_why_the_last_poll_failed(
 
 
 def test_max_wait_names_a_status_that_is_not_a_runpod_one(
-        endpoint: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
-    endpoint.on("status", Say(200, {"id": "j1", "status": "PONDERING"}))
+        scripted: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
+    scripted.on("status", Say(200, {"id": "j1", "status": "PONDERING"}))
     result = wait(poller(clock, mode="status", max_wait=30.0), caller, clock)
     assert result.outcome == "max_wait"
     assert "'PONDERING', not a RunPod job status" in result.reason
 
 
 def test_a_queued_job_with_no_progress_is_stalled(
-        endpoint: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
-    endpoint.on("status", Say(200, QUEUED))
+        scripted: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
+    scripted.on("status", Say(200, QUEUED))
     result = wait(poller(clock, mode="status", max_queue_time=10.0), caller, clock)
     assert result.outcome == "stalled"
     assert "no progress" in result.reason
@@ -294,12 +222,12 @@ def test_a_queued_job_with_no_progress_is_stalled(
 
 
 def test_a_running_job_is_never_stalled(
-        endpoint: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
+        scripted: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
     # Running for far longer than the queue limit, while a job sent 3 s later has started:
     # a queued job would count as overtaken, a running one has its worker.
     detector = StallDetector(10.0, clock)
     detector.observed(clock() + 3.0, "IN_PROGRESS")
-    endpoint.on("status", Say(200, RUNNING))
+    scripted.on("status", Say(200, RUNNING))
     poll = poller(clock, mode="status", max_wait=60.0, detector=detector)
     seen: list[str] = []
     result = wait(poll, caller, clock, on_status=seen.append)
@@ -308,10 +236,10 @@ def test_a_running_job_is_never_stalled(
 
 
 def test_a_job_put_back_in_the_queue_waits_its_turn_again(
-        endpoint: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
+        scripted: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
     detector = StallDetector(10.0, clock)
     detector.observed(clock() + 3.0, "IN_PROGRESS")  # a job sent 3 s after ours has started
-    endpoint.on("status", *[Say(200, RUNNING)] * 6, Say(200, QUEUED), Say(200, DONE))
+    scripted.on("status", *[Say(200, RUNNING)] * 6, Say(200, QUEUED), Say(200, DONE))
     seen: list[str] = []
     result = wait(poller(clock, mode="status", detector=detector), caller, clock,
                   on_status=seen.append)
@@ -323,10 +251,10 @@ def test_a_job_put_back_in_the_queue_waits_its_turn_again(
 
 
 def test_stop_interrupts_the_wait_before_the_next_poll(
-        endpoint: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
-    endpoint.on("status", Say(200, RUNNING))
+        scripted: ScriptedEndpoint, caller: Caller, clock: FakeClock) -> None:
+    scripted.on("status", Say(200, RUNNING))
     result = wait(poller(clock, mode="status"), caller, clock,
-                  stop=lambda: len(endpoint.asked) >= 2)
+                  stop=lambda: len(scripted.asked) >= 2)
     assert result.outcome == "interrupted"
     assert result.body == RUNNING
-    assert len(endpoint.asked) == 2
+    assert len(scripted.asked) == 2
