@@ -8,6 +8,7 @@ import math
 import os
 import platform
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -142,10 +143,15 @@ def photo_set(cache: Path, count: int, megapixels: int) -> Path:
 
 
 class EndpointProcess:
-    """bench/endpoint_proc.py in its own process; stop() returns its snapshot."""
+    """bench/endpoint_proc.py in its own process; stop() returns its snapshot.
+
+    As a context manager: stopped at the end of the block, its snapshot then in `snapshot`;
+    killed instead if the block fails, so that it never outlives a failed client run.
+    """
 
     def __init__(self, snapshot: Path, **options: Any) -> None:
         self.snapshot_path = snapshot
+        self.snapshot: dict[str, Any] = {}
         args = [str(PYTHON), str(BENCH / "endpoint_proc.py"), "--snapshot", str(snapshot),
                 "--endpoint-id", ENDPOINT_ID]
         for name, value in options.items():
@@ -190,6 +196,20 @@ class EndpointProcess:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.communicate()
+
+    @classmethod
+    def beside(cls, out: Path, **options: Any) -> EndpointProcess:
+        """An endpoint for a run into `out`, its snapshot kept next to that folder."""
+        return cls(out.with_name(out.name + ".endpoint.json"), **options)
+
+    def __enter__(self) -> EndpointProcess:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        if kind is None:
+            self.snapshot = self.stop()
+        else:
+            self.kill()
 
 
 # ---- measured client processes -----------------------------------------------------------
@@ -260,11 +280,20 @@ def _vm_mb(pid: int) -> tuple[float | None, float | None]:
     return found.get("VmRSS"), found.get("VmHWM")
 
 
-def rpq_batch(folder: Path, out: Path, env: dict[str, str], concurrency: int,
-              timeout: float, extra: tuple[str, ...] = ()) -> Measured:
-    cmd = [str(RPQ), "batch", str(folder), "--out", str(out), "--no-progress",
-           "--concurrency", str(concurrency), "--fresh", *extra]
-    return run_measured(cmd, env, out.with_name(out.name + ".log"), timeout)
+def log_of(out: Path) -> Path:
+    """Where a run into `out` logs its client's output: beside the folder, not in it."""
+    return out.with_name(out.name + ".log")
+
+
+def rpq_batch(folder: Path, out: Path, env: dict[str, str], concurrency: int | None,
+              timeout: float, extra: tuple[str, ...] = (), unpaced: bool = False) -> Measured:
+    """`rpq batch --fresh` (`--concurrency` left to rpq when None); `unpaced`: through
+    bench/rpq_unpaced.py, rpq with its request pacing lifted."""
+    program = [str(PYTHON), str(BENCH / "rpq_unpaced.py")] if unpaced else [str(RPQ)]
+    limit = ("--concurrency", str(concurrency)) if concurrency is not None else ()
+    cmd = [*program, "batch", str(folder), "--out", str(out), "--no-progress", *limit,
+           "--fresh", *extra]
+    return run_measured(cmd, env, log_of(out), timeout)
 
 
 def baseline_batch(folder: Path, out: Path, endpoint: EndpointProcess, concurrency: int,
@@ -272,7 +301,14 @@ def baseline_batch(folder: Path, out: Path, endpoint: EndpointProcess, concurren
     cmd = [str(PYTHON), str(BENCH / "baseline_sdk.py"), str(folder), "--out", str(out),
            "--base-url", endpoint.base_url, "--endpoint-id", ENDPOINT_ID,
            "--concurrency", str(concurrency), "--result", str(out / "baseline.json")]
-    return run_measured(cmd, {}, out.with_name(out.name + ".log"), timeout)
+    return run_measured(cmd, {}, log_of(out), timeout)
+
+
+def fresh_folder(path: Path) -> Path:
+    """`path` as a new empty folder (whatever an earlier run left there is removed)."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
 
 
 # ---- figures -----------------------------------------------------------------------------

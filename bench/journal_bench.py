@@ -95,20 +95,13 @@ def scenario_journal(ctx: Context) -> Scenario:
     folder = h.image_set(ctx.cache, z.new_images)
     firsts, peaks = [], []
     for rep in range(ctx.sizes.reps):
-        out = ctx.work / "runs" / f"s10-r{rep}"
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir(parents=True)
+        out = h.fresh_folder(ctx.work / "runs" / f"s10-r{rep}")
         for name in (JOURNAL_NAME, index_path(Path(JOURNAL_NAME)).name):
             if (source / name).exists():
                 shutil.copyfile(source / name, out / name)
-        ep = h.EndpointProcess(out.with_name(out.name + ".endpoint.json"), handler="echo",
-                               workers_max=4)
-        try:
+        with h.EndpointProcess.beside(out, handler="echo", workers_max=4) as ep:
             measured = h.rpq_batch(folder, out, ep.env(), 8, timeout=600)
-        except BaseException:
-            ep.kill()
-            raise
-        snapshot = ep.stop()
+        snapshot = ep.snapshot
         first = _first_run_s(measured, snapshot)
         done = len(snapshot["jobs"])
         ctx.log(f"  s10 r{rep}: first /run after {fmt(first)} s, peak RSS "
@@ -140,20 +133,12 @@ def end_to_end(ctx: Context, images: int) -> tuple[h.RunFigures, h.Measured, Pat
     """`images` images through rpq against a local endpoint with no limits; the figures."""
     z = sizes_of(ctx)
     folder = h.image_set(ctx.cache, images)
-    out = ctx.work / "runs" / f"s11-{images}"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    ep = h.EndpointProcess(out.with_name(out.name + ".endpoint.json"), handler="echo",
-                           workers_max=z.e2e_workers, rate_limits="off")
-    try:
-        cmd = [str(h.PYTHON), str(h.BENCH / "rpq_unpaced.py"), "batch", str(folder), "--out",
-               str(out), "--no-progress", "--concurrency", str(z.e2e_concurrency)]
-        measured = h.run_measured(cmd, ep.env(), out.with_name(out.name + ".log"),
-                                  timeout=120 + images * 0.05)
-    except BaseException:
-        ep.kill()
-        raise
-    snapshot = ep.stop()
+    out = h.fresh_folder(ctx.work / "runs" / f"s11-{images}")
+    with h.EndpointProcess.beside(out, handler="echo", workers_max=z.e2e_workers,
+                                  rate_limits="off") as ep:
+        measured = h.rpq_batch(folder, out, ep.env(), z.e2e_concurrency,
+                               timeout=120 + images * 0.05, unpaced=True)
+    snapshot = ep.snapshot
     figures = h.rpq_figures(images, out, measured, snapshot)
     ctx.log(f"  s11: {figures.completed}/{images} done, wall {figures.wall:.1f} s, "
             f"peak RSS {figures.max_rss_mb:.0f} MB, cpu {figures.cpu_seconds:.1f} s, "

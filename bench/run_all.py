@@ -7,7 +7,6 @@ import json
 import math
 import random
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -91,24 +90,14 @@ S5_HELP_S = 0.2
 def client_run(ctx: Context, tag: str, client: str, folder: Path, images: int,
                endpoint: dict[str, Any], concurrency: int, timeout: float) -> h.RunFigures:
     """One client run against a fresh endpoint process; figures from both ends."""
-    out = ctx.work / "runs" / f"{tag}-{client}"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    ep = h.EndpointProcess(out.with_name(out.name + ".endpoint.json"), **endpoint)
-    try:
-        if client == "rpq":
-            measured = h.rpq_batch(folder, out, ep.env(), concurrency, timeout)
-        elif client == "rpq-unpaced":
-            cmd = [str(h.PYTHON), str(h.BENCH / "rpq_unpaced.py"), "batch", str(folder),
-                   "--out", str(out), "--no-progress", "--concurrency", str(concurrency),
-                   "--fresh"]
-            measured = h.run_measured(cmd, ep.env(), out.with_name(out.name + ".log"), timeout)
-        else:
+    out = h.fresh_folder(ctx.work / "runs" / f"{tag}-{client}")
+    with h.EndpointProcess.beside(out, **endpoint) as ep:
+        if client == "baseline":
             measured = h.baseline_batch(folder, out, ep, concurrency, timeout)
-    except BaseException:
-        ep.kill()
-        raise
-    snapshot = ep.stop()
+        else:
+            measured = h.rpq_batch(folder, out, ep.env(), concurrency, timeout,
+                                   unpaced=client == "rpq-unpaced")
+    snapshot = ep.snapshot
     if client == "baseline":
         figures = h.baseline_figures(images, out, measured, snapshot)
     else:

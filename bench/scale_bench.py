@@ -60,21 +60,13 @@ def run(ctx: Context, tag: str, client: str, folder: Path, images: int,
         timeout: float = 600.0, keep: bool = False) -> tuple[h.RunFigures, dict[str, Any]]:
     """rpq with `args` (its defaults otherwise), or the SDK loop with `concurrency` threads;
     returns the figures and the endpoint's snapshot (its job timeline)."""
-    out = ctx.work / "runs" / f"{tag}-{client}"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    ep = h.EndpointProcess(out.with_name(out.name + ".endpoint.json"), **endpoint)
-    try:
+    out = h.fresh_folder(ctx.work / "runs" / f"{tag}-{client}")
+    with h.EndpointProcess.beside(out, **endpoint) as ep:
         if client == "baseline":
             measured = h.baseline_batch(folder, out, ep, concurrency, timeout)
         else:
-            cmd = [str(h.RPQ), "batch", str(folder), "--out", str(out), "--no-progress",
-                   "--fresh", *args]
-            measured = h.run_measured(cmd, ep.env(), out.with_name(out.name + ".log"), timeout)
-    except BaseException:
-        ep.kill()
-        raise
-    snapshot = ep.stop()
+            measured = h.rpq_batch(folder, out, ep.env(), None, timeout, extra=args)
+    snapshot = ep.snapshot
     figures = (h.baseline_figures if client == "baseline" else h.rpq_figures)(
         images, out, measured, snapshot)
     figures.client = client
