@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from helpers import Gate, wait_for
 from typer.testing import CliRunner
 
 from rpq.cli import app
@@ -67,6 +70,13 @@ def batch_args(folder: Path, out: Path, *extra: str | Path) -> list[str | Path]:
     return ["batch", folder, "--out", out, "--no-progress", *extra]
 
 
+def gated_template(folder: Path, gate: str = "g") -> Path:
+    """An input template (t.json in `folder`) that holds every image at one gate of a Gate."""
+    template = folder / "t.json"
+    template.write_text(json.dumps({"input": {"image": "{{image_base64}}", "gate": gate}}))
+    return template
+
+
 def rpq_process(*args: str | Path, env: dict[str, str], **kw: Any) -> subprocess.Popen[str]:
     """The installed `rpq` as a real process (for signals)."""
     full_env = {**os.environ, **env}
@@ -87,6 +97,27 @@ def in_flight(out: Path) -> int:
 
     path = out / JOURNAL_NAME
     return len(Journal(path).in_flight()) if path.exists() else 0
+
+
+def kill_when(proc: subprocess.Popen[str], ready: Callable[[], object], timeout: float) -> None:
+    """SIGKILL a batch process once `ready()` holds; it has exited and its pipes are closed."""
+    try:
+        wait_for(ready, timeout=timeout)
+        proc.kill()
+    finally:
+        proc.wait(timeout=10)
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
+
+
+def interrupt(proc: subprocess.Popen[str], ep: LocalEndpoint, gate: Gate, cancelled: int) -> str:
+    """Ctrl-C a batch held at gate "g": once `cancelled` of its jobs are cancelled, the gate
+    opens so that the running ones finish. The batch's stderr, when it has exited."""
+    proc.send_signal(signal.SIGINT)
+    wait_for(lambda: sum(j["status"] == "CANCELLED" for j in ep.jobs()) == cancelled, timeout=20)
+    gate.open("g")
+    _, stderr = proc.communicate(timeout=30)
+    return stderr
 
 
 def stop(proc: subprocess.Popen[str]) -> None:

@@ -169,6 +169,11 @@ class Gate:
             raise TimeoutError(f"gate {name} was never opened")
         return {"gate": name}
 
+    def echo(self, job: dict[str, Any]) -> dict[str, Any]:
+        """A handler: each job waits at its gate, then sends its image back."""
+        self(job)
+        return {"image": job["input"]["image"]}
+
     def open(self, name: str = "default") -> None:
         self.event(name).set()
 

@@ -5,9 +5,17 @@ from __future__ import annotations
 import signal
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
-from batchkit import endpoint_env, in_flight, rpq, rpq_process, stop
+from batchkit import (
+    endpoint_env,
+    gated_template,
+    in_flight,
+    interrupt,
+    kill_when,
+    rpq,
+    rpq_process,
+    stop,
+)
 from helpers import Gate, wait_for
 from imaging import decodes, make_images
 
@@ -21,13 +29,7 @@ def test_sigkill_then_rerun_resumes_without_resubmitting(tmp_path: Path, make_en
     out = tmp_path / "out"
     args = ("batch", src, "--out", out, "--no-progress", "--concurrency", "4")
     proc = rpq_process(*args, env=endpoint_env(ep))
-    try:
-        wait_for(lambda: sum(j["status"] == "COMPLETED" for j in ep.jobs()) >= 3, timeout=20)
-        proc.kill()
-    finally:
-        proc.wait(timeout=10)
-        proc.stdout.close()  # type: ignore[union-attr]
-        proc.stderr.close()  # type: ignore[union-attr]
+    kill_when(proc, lambda: sum(j["status"] == "COMPLETED" for j in ep.jobs()) >= 3, 20)
     assert proc.returncode == -signal.SIGKILL
     journal = Journal(out / JOURNAL_NAME)
     orphans = len(journal.orphans())
@@ -55,26 +57,17 @@ def test_sigkill_then_rerun_resumes_without_resubmitting(tmp_path: Path, make_en
 def test_ctrl_c_cancels_queued_jobs_and_lets_running_ones_finish(tmp_path: Path,
                                                                    make_endpoint) -> None:
     gate = Gate(timeout=30)
-
-    def handler(job: dict[str, Any]) -> dict[str, Any]:
-        gate(job)
-        return {"image": job["input"]["image"]}
-
-    ep = make_endpoint(handler=handler, workers_max=1)
+    ep = make_endpoint(handler=gate.echo, workers_max=1)
     src = tmp_path / "in"
     make_images(src, 4)
     out = tmp_path / "out"
-    template = tmp_path / "t.json"
-    template.write_text('{"input": {"image": "{{image_base64}}", "gate": "g"}}')
+    template = gated_template(tmp_path)
     proc = rpq_process("batch", src, "--out", out, "--no-progress", "--input-template", template,
                        env=endpoint_env(ep))
     try:
         wait_for(lambda: gate.started and ep.calls().get("run", 0) == 4, timeout=20)
         wait_for(lambda: in_flight(out) == 4, timeout=10)
-        proc.send_signal(signal.SIGINT)
-        wait_for(lambda: sum(j["status"] == "CANCELLED" for j in ep.jobs()) == 3, timeout=20)
-        gate.open("g")
-        _, stderr = proc.communicate(timeout=30)
+        stderr = interrupt(proc, ep, gate, cancelled=3)
     finally:
         gate.open_all()
         stop(proc)

@@ -13,7 +13,16 @@ from typing import Any
 
 import pytest
 import requests
-from batchkit import endpoint_env, in_flight, rpq, rpq_process, stop
+from batchkit import (
+    endpoint_env,
+    gated_template,
+    in_flight,
+    interrupt,
+    kill_when,
+    rpq,
+    rpq_process,
+    stop,
+)
 from helpers import Gate, wait_for
 from imaging import make_images, png_bytes
 from s3kit import S3Server, s3_server
@@ -166,13 +175,7 @@ def test_sigkill_then_rerun_against_a_bucket_output(s3: S3Server, bucket_name: s
     args = ("batch", src, "--out", f"s3://{bucket_name}/r", "--journal-dir", journal_dir,
             "--no-progress", "--concurrency", "4")
     proc = rpq_process(*args, env=env(s3, ep))
-    try:
-        wait_for(lambda: sum(j["status"] == "COMPLETED" for j in ep.jobs()) >= 3, timeout=30)
-        proc.kill()
-    finally:
-        proc.wait(timeout=10)
-        proc.stdout.close()  # type: ignore[union-attr]
-        proc.stderr.close()  # type: ignore[union-attr]
+    kill_when(proc, lambda: sum(j["status"] == "COMPLETED" for j in ep.jobs()) >= 3, 30)
     assert proc.returncode == -signal.SIGKILL
     journal = Journal(journal_dir / JOURNAL_NAME)
     orphans = len(journal.orphans())
@@ -240,27 +243,18 @@ def test_bucket_usage_errors_exit_2(args: list[str], message: str) -> None:
 def test_ctrl_c_then_rerun_against_a_bucket_output(s3: S3Server, bucket_name: str,
                                                    tmp_path: Path, make_endpoint: Any) -> None:
     gate = Gate(timeout=30)
-
-    def handler(job: dict[str, Any]) -> dict[str, Any]:
-        gate(job)
-        return {"image": job["input"]["image"]}
-
-    ep = make_endpoint(handler=handler, workers_max=1)
+    ep = make_endpoint(handler=gate.echo, workers_max=1)
     s3.bucket(bucket_name)
     src = tmp_path / "in"
     made = make_images(src, 4)
-    template = tmp_path / "t.json"
-    template.write_text('{"input": {"image": "{{image_base64}}", "gate": "g"}}')
+    template = gated_template(tmp_path)
     journal_dir = tmp_path / "journal"
     args = ("batch", src, "--out", f"s3://{bucket_name}/r/", "--journal-dir", journal_dir,
             "--no-progress", "--input-template", template)
     proc = rpq_process(*args, env=env(s3, ep))
     try:
         wait_for(lambda: gate.started and in_flight(journal_dir) == 4, timeout=20)
-        proc.send_signal(signal.SIGINT)  # stop submitting, cancel the queued ones
-        wait_for(lambda: sum(j["status"] == "CANCELLED" for j in ep.jobs()) == 3, timeout=20)
-        gate.open("g")
-        _, stderr = proc.communicate(timeout=30)
+        stderr = interrupt(proc, ep, gate, cancelled=3)  # stop submitting, cancel the queued ones
     finally:
         gate.open_all()
         stop(proc)

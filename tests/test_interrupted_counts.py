@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
-from typing import Any
 
-from batchkit import endpoint_env, in_flight, rpq, rpq_process, stop
+from batchkit import (
+    endpoint_env,
+    gated_template,
+    in_flight,
+    interrupt,
+    rpq,
+    rpq_process,
+    stop,
+)
 from helpers import Gate, wait_for
 from imaging import make_images
 from PIL import Image
@@ -18,25 +24,16 @@ from rpq.report import cold_start_flags, plot_timeline
 
 def test_ctrl_c_summary_counts_every_image_of_the_folder(tmp_path: Path, make_endpoint) -> None:
     gate = Gate(timeout=30)
-
-    def handler(job: dict[str, Any]) -> dict[str, Any]:
-        gate(job)
-        return {"image": job["input"]["image"]}
-
-    ep = make_endpoint(handler=handler, workers_max=1)
+    ep = make_endpoint(handler=gate.echo, workers_max=1)
     src = tmp_path / "in"
     make_images(src, 6)
     out = tmp_path / "out"
-    template = tmp_path / "t.json"
-    template.write_text('{"input": {"image": "{{image_base64}}", "gate": "g"}}')
+    template = gated_template(tmp_path)
     proc = rpq_process("batch", src, "--out", out, "--no-progress", "--input-template", template,
                        "--concurrency", "2", env=endpoint_env(ep))
     try:
         wait_for(lambda: gate.started and in_flight(out) == 2, timeout=20)
-        proc.send_signal(signal.SIGINT)
-        wait_for(lambda: sum(j["status"] == "CANCELLED" for j in ep.jobs()) == 1, timeout=20)
-        gate.open("g")
-        _, stderr = proc.communicate(timeout=30)
+        stderr = interrupt(proc, ep, gate, cancelled=1)
     finally:
         gate.open_all()
         stop(proc)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 import threading
 from pathlib import Path
-from typing import Any
 
+from batchkit import gated_template
 from helpers import Gate, wait_for
 from imaging import make_images
 from rich.console import Console
@@ -37,17 +37,11 @@ def counts(text: str) -> dict[str, int]:
 def test_the_live_table_shows_running_jobs_and_a_fresh_picture(tmp_path: Path,
                                                                 make_endpoint) -> None:
     gate = Gate(timeout=60)
-
-    def handler(job: dict[str, Any]) -> dict[str, Any]:
-        gate(job)
-        return {"image": job["input"]["image"]}
-
-    ep = make_endpoint(handler=handler, workers_max=3)
+    ep = make_endpoint(handler=gate.echo, workers_max=3)
     src = tmp_path / "photos"
     make_images(src, 8)
     out = tmp_path / "out"
-    template = tmp_path / "t.json"
-    template.write_text('{"input": {"image": "{{image_base64}}", "gate": "g"}}')
+    template = gated_template(tmp_path)
     settings = BatchSettings(
         root=src, out=out, template=template, concurrency=8,
         endpoint=EndpointSettings(endpoint_id=ep.endpoint_id, base_url=ep.base_url))

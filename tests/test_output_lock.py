@@ -7,9 +7,7 @@ import json
 import os
 import signal
 import socket
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from batchkit import batch_args, endpoint_env, in_flight, rpq_process, stop
 from helpers import Gate, wait_for
@@ -18,20 +16,10 @@ from imaging import make_images
 from rpq.lock import LOCK_NAME
 
 
-def held_echo(gate: Gate) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """Hold each job at the gate, then send its image back."""
-
-    def handler(job: dict[str, Any]) -> dict[str, Any]:
-        gate(job)
-        return {"image": job["input"]["image"]}
-
-    return handler
-
-
 def test_a_second_batch_on_the_same_output_folder_exits_2_naming_the_first(
         tmp_path: Path, make_endpoint) -> None:
     gate = Gate(timeout=60)
-    ep = make_endpoint(handler=held_echo(gate), workers_max=2)
+    ep = make_endpoint(handler=gate.echo, workers_max=2)
     src, out = tmp_path / "in", tmp_path / "out"
     make_images(src, 5)
     first = rpq_process(*batch_args(src, out), env=endpoint_env(ep))
@@ -58,7 +46,7 @@ def test_a_second_batch_on_the_same_output_folder_exits_2_naming_the_first(
 
 def test_the_lock_of_a_killed_batch_is_taken_over(tmp_path: Path, make_endpoint) -> None:
     gate = Gate(timeout=60)
-    ep = make_endpoint(handler=held_echo(gate), workers_max=1)
+    ep = make_endpoint(handler=gate.echo, workers_max=1)
     src, out = tmp_path / "in", tmp_path / "out"
     make_images(src, 3)
     killed = rpq_process(*batch_args(src, out), env=endpoint_env(ep))
