@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -84,19 +85,27 @@ def image_pool(cache: Path, count: int, side: int = 32) -> Path:
 def image_set(cache: Path, count: int) -> Path:
     """A folder holding exactly the first `count` images of the pool (hard links)."""
     pool = image_pool(cache, count)
-    folder = cache / f"set-{count}"
+
+    def link(_: int, target: Path) -> None:
+        try:
+            os.link(pool / target.name, target)
+        except OSError:
+            target.write_bytes((pool / target.name).read_bytes())
+
+    return made_once(cache / f"set-{count}", [f"img{n:05d}.png" for n in range(count)], link)
+
+
+def made_once(folder: Path, names: list[str], make: Callable[[int, Path], None]) -> Path:
+    """`folder` holding `names`, the nth made by make(n, path) unless there, then marked
+    complete: a later call returns it untouched (an interrupted one goes on where it stopped)."""
     marker = folder / ".complete"
     if marker.exists():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    for n in range(count):
-        name = f"img{n:05d}.png"
+    for n, name in enumerate(names):
         target = folder / name
         if not target.exists():
-            try:
-                os.link(pool / name, target)
-            except OSError:
-                target.write_bytes((pool / name).read_bytes())
+            make(n, target)
     marker.write_text("")
     return folder
 
@@ -124,19 +133,14 @@ def photo_bytes(seed: int, size: tuple[int, int]) -> bytes:
 
 def photo_set(cache: Path, count: int, megapixels: int) -> Path:
     """A folder of `count` distinct camera-size JPEGs; made once, then reused."""
-    folder = cache / f"photos-{megapixels}mp-{count}"
-    marker = folder / ".complete"
-    if marker.exists():
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    for n in range(count):
-        target = folder / f"photo{n:03d}.jpg"
-        if not target.exists():
-            tmp = folder / f".{target.name}.tmp"
-            tmp.write_bytes(photo_bytes(1000 * megapixels + n, PHOTO_SIZES[megapixels]))
-            os.replace(tmp, target)
-    marker.write_text("")
-    return folder
+
+    def photo(n: int, target: Path) -> None:
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_bytes(photo_bytes(1000 * megapixels + n, PHOTO_SIZES[megapixels]))
+        os.replace(tmp, target)
+
+    return made_once(cache / f"photos-{megapixels}mp-{count}",
+                     [f"photo{n:03d}.jpg" for n in range(count)], photo)
 
 
 # ---- the endpoint process ----------------------------------------------------------------

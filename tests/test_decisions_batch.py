@@ -40,6 +40,14 @@ class Story:
             if self.late_done_at is None:
                 self.late_done_at = self.order[0].polls
 
+    def early_poll(self, op: str, job: FakeJob) -> bool:
+        """Whether this request polls the early job, the one a script answers; the late job
+        and resubmissions get the normal answer (COMPLETED)."""
+        role = self.role(op, job)
+        if op in POLLS and role == "late":
+            self.late_finished()
+        return op in POLLS and role == "early"
+
     def polls_since_late(self, job: FakeJob) -> int:
         with self.lock:
             return -1 if self.late_done_at is None else job.polls - self.late_done_at
@@ -61,15 +69,9 @@ def test_a_running_job_is_never_cancelled_as_stalled(
     story = Story()
 
     def script(op: str, job: FakeJob | None) -> Reply | None:
-        if job is None:
+        if job is None or not story.early_poll(op, job):
             return None
-        role = story.role(op, job)
-        if op not in POLLS:
-            return None
-        if role == "late":
-            story.late_finished()
-            return None  # COMPLETED
-        if role == "early" and story.polls_since_late(job) < 3:
+        if story.polls_since_late(job) < 3:
             return _answer(job, "IN_PROGRESS")
         return None
 
@@ -95,15 +97,7 @@ def test_a_job_back_in_the_queue_waits_from_when_it_went_back(
     max_queue_time = 2.0
 
     def script(op: str, job: FakeJob | None) -> Reply | None:
-        if job is None:
-            return None
-        role = story.role(op, job)
-        if op not in POLLS:
-            return None
-        if role == "late":
-            story.late_finished()
-            return None
-        if role != "early":
+        if job is None or not story.early_poll(op, job):
             return None
         if story.polls_since_late(job) < 2 or story.age(job) < max_queue_time + 0.5:
             return _answer(job, "IN_PROGRESS")
