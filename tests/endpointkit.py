@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from batchkit import Run, batch_args, rpq
 from helpers import FakeClock, LoopbackServer, request_body, respond
 from imaging import make_images
 
@@ -126,6 +127,15 @@ def named_images(tmp_path: Path, names: list[str]) -> tuple[Path, Path, Path]:
     work = tmp_path / "work"
     work.mkdir()
     return src, work / "out", template
+
+
+def scripted_batch(tmp_path: Path, fake: FakeEndpoint, names: list[str],
+                   *options: str) -> tuple[Run, Path, Path]:
+    """`rpq batch` of one PNG per name against `fake`, each job's input naming its image;
+    the run, its input folder and its output folder."""
+    src, out, template = named_images(tmp_path, names)
+    run = rpq(*batch_args(src, out, "--input-template", template, *options), env=fake.env())
+    return run, src, out
 
 
 def job_records(out: Path) -> dict[str, dict[str, Any]]:

@@ -21,6 +21,7 @@ from endpointkit import (
     Script,
     job_records,
     named_images,
+    scripted_batch,
 )
 from helpers import LoopbackServer, respond
 from imaging import decodes, png_bytes
@@ -65,8 +66,7 @@ def test_status_sync_answered_at_once_falls_back_to_status_polls(
         return None
 
     fake = fake_endpoint(script)
-    src, out, template = named_images(tmp_path, ["a", "b", "c"])
-    run = rpq(*batch_args(src, out, "--input-template", template), env=fake.env())
+    run, _, out = scripted_batch(tmp_path, fake, ["a", "b", "c"])
     assert run.code == 0, run.stderr
     assert sorted(p.name for p in out.glob("*.png")) == ["a.png", "b.png", "c.png"]
     assert fake.calls["status-sync"] >= 3 and fake.calls["status"] >= 1
@@ -313,10 +313,8 @@ def test_garbage_from_the_queue_api_fails_only_its_image(
              "st-html502", "st-nostatus", "st-weird", "st-nooutput", "st-list", "st-drop",
              "good-2"]
     fake = fake_endpoint(_garbage)
-    src, out, template = named_images(tmp_path, names)
-    run = rpq(*batch_args(src, out, "--input-template", template, "--max-retries", "2",
-                          "--max-queue-time", "3", "--job-retries", "0", "--max-wait", "30"),
-              env=fake.env())
+    run, _, out = scripted_batch(tmp_path, fake, names, "--max-retries", "2",
+                                 "--max-queue-time", "3", "--job-retries", "0", "--max-wait", "30")
     assert run.code == 1, run.stderr
     jobs = job_records(out)
     assert sorted(jobs) == sorted(f"{n}.png" for n in names)
@@ -358,27 +356,31 @@ def test_garbage_from_the_queue_api_fails_only_its_image(
     assert all(FAKE_KEY.encode() not in p.read_bytes() for p in out.rglob("*") if p.is_file())
 
 
-@pytest.mark.timeout(60)
-def test_a_stalled_job_that_finished_meanwhile_is_collected_not_sent_again(
-        tmp_path: Path, fake_endpoint: Callable[[Script], FakeEndpoint]) -> None:
-    # Every poll fails, so rpq believes the job still queued and cancels it as stalled; but it
-    # ran meanwhile, and /cancel says COMPLETED. Its result is collected; nothing is resent.
-    finished: set[str] = set()
+def _ran_meanwhile(polled: Callable[[FakeJob], Reply]) -> Script:
+    """Polls answer `polled(job)` until rpq cancels the job; /cancel then says it COMPLETED
+    (it ran meanwhile), and from then on the job's result is there to fetch."""
+    cancelled: set[str] = set()
 
     def script(op: str, job: FakeJob | None) -> Reply | None:
         if job is None:
             return None
         if op == "cancel":
-            finished.add(job.id)
+            cancelled.add(job.id)
             return Reply(200, {"id": job.id, "status": "COMPLETED"})
-        if op in ("status", "status-sync") and job.id not in finished:
-            return Reply(500, {"error": "upstream timeout"})
+        if op in ("status", "status-sync") and job.id not in cancelled:
+            return polled(job)
         return None
 
-    fake = fake_endpoint(script)
-    src, out, template = named_images(tmp_path, ["raced"])
-    run = rpq(*batch_args(src, out, "--input-template", template, "--max-queue-time", "1"),
-              env=fake.env())
+    return script
+
+
+@pytest.mark.timeout(60)
+def test_a_stalled_job_that_finished_meanwhile_is_collected_not_sent_again(
+        tmp_path: Path, fake_endpoint: Callable[[Script], FakeEndpoint]) -> None:
+    # Every poll fails, so rpq believes the job still queued and cancels it as stalled; but it
+    # ran meanwhile, and /cancel says COMPLETED. Its result is collected; nothing is resent.
+    fake = fake_endpoint(_ran_meanwhile(lambda job: Reply(500, {"error": "upstream timeout"})))
+    run, src, out = scripted_batch(tmp_path, fake, ["raced"], "--max-queue-time", "1")
     assert run.code == 0, run.stderr
     assert fake.calls["run"] == 1
     assert (out / "raced.png").read_bytes() == (src / "raced.png").read_bytes()
@@ -392,22 +394,10 @@ def test_a_job_that_ended_while_judged_stalled_is_collected_not_lost(
 ) -> None:
     # Every poll says IN_QUEUE, so rpq gives up on the job; but the job had in fact run, and
     # /cancel says so. Its result is fetched and saved; nothing is sent again.
-    ended: set[str] = set()
-
-    def script(op: str, job: FakeJob | None) -> Reply | None:
-        if job is None:
-            return None
-        if op == "cancel":
-            ended.add(job.id)
-            return Reply(200, {"id": job.id, "status": "COMPLETED"})
-        if op in ("status", "status-sync") and job.id not in ended:
-            return Reply(200, {"id": job.id, "status": "IN_QUEUE"})
-        return None
-
-    fake = fake_endpoint(script)
-    src, out, template = named_images(tmp_path, ["a"])
-    run = rpq(*batch_args(src, out, "--input-template", template, "--max-queue-time", "1",
-                          "--job-retries", "0"), env=fake.env())
+    queued = _ran_meanwhile(lambda job: Reply(200, {"id": job.id, "status": "IN_QUEUE"}))
+    fake = fake_endpoint(queued)
+    run, src, out = scripted_batch(tmp_path, fake, ["a"], "--max-queue-time", "1",
+                                   "--job-retries", "0")
     assert run.code == 0, run.stderr
     assert (out / "a.png").read_bytes() == (src / "a.png").read_bytes()
     assert fake.calls["run"] == 1 and fake.calls["cancel"] == 1

@@ -10,8 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from batchkit import batch_args, rpq
-from endpointkit import FakeEndpoint, FakeJob, Reply, Script, job_records, named_images
+from endpointkit import (
+    FakeEndpoint,
+    FakeJob,
+    Reply,
+    Script,
+    job_records,
+    scripted_batch,
+)
 
 POLLS = ("status", "status-sync")
 
@@ -76,9 +82,8 @@ def test_a_running_job_is_never_cancelled_as_stalled(
         return None
 
     endpoint = fake_endpoint(script)
-    src, out, template = named_images(tmp_path, ["a", "b"])
-    run = rpq(*batch_args(src, out, "--input-template", template, "--rate", "1/1.5",
-                          "--max-queue-time", "1"), env=endpoint.env())
+    run, _, out = scripted_batch(tmp_path, endpoint, ["a", "b"], "--rate", "1/1.5",
+                                 "--max-queue-time", "1")
     assert endpoint.calls["cancel"] == 0, run.stderr
     assert endpoint.calls["run"] == 2
     assert run.code == 0, run.stderr
@@ -107,9 +112,8 @@ def test_a_job_back_in_the_queue_waits_from_when_it_went_back(
         return None  # a new worker ran it
 
     endpoint = fake_endpoint(script)
-    src, out, template = named_images(tmp_path, ["a", "b"])
-    run = rpq(*batch_args(src, out, "--input-template", template, "--rate", "1/1.5",
-                          "--max-queue-time", str(max_queue_time)), env=endpoint.env())
+    run, _, out = scripted_batch(tmp_path, endpoint, ["a", "b"], "--rate", "1/1.5",
+                                 "--max-queue-time", str(max_queue_time))
     assert endpoint.calls["cancel"] == 0, run.stderr
     assert endpoint.calls["run"] == 2
     assert run.code == 0, run.stderr
@@ -130,9 +134,7 @@ def test_a_refused_long_poll_falls_back_to_status_polls(
         return None
 
     endpoint = fake_endpoint(script)
-    src, out, template = named_images(tmp_path, ["a"])
-    run = rpq(*batch_args(src, out, "--input-template", template, "--max-wait", "20"),
-              env=endpoint.env())
+    run, src, out = scripted_batch(tmp_path, endpoint, ["a"], "--max-wait", "20")
     assert run.code == 0, run.stderr
     assert (out / "a.png").read_bytes() == (src / "a.png").read_bytes()
     assert endpoint.calls["status-sync"] == 1  # one refusal is enough: no retries of it
@@ -150,9 +152,7 @@ def test_a_missing_long_poll_route_falls_back_when_status_knows_the_job(
         return None
 
     endpoint = fake_endpoint(script)
-    src, out, template = named_images(tmp_path, ["a"])
-    run = rpq(*batch_args(src, out, "--input-template", template, "--max-wait", "20"),
-              env=endpoint.env())
+    run, src, out = scripted_batch(tmp_path, endpoint, ["a"], "--max-wait", "20")
     assert run.code == 0, run.stderr
     assert (out / "a.png").read_bytes() == (src / "a.png").read_bytes()
     assert endpoint.calls["status-sync"] == 1 and endpoint.calls["run"] == 1
@@ -167,9 +167,7 @@ def test_a_job_unknown_to_both_routes_has_expired(
         return None
 
     endpoint = fake_endpoint(script)
-    src, out, template = named_images(tmp_path, ["a"])
-    run = rpq(*batch_args(src, out, "--input-template", template, "--max-wait", "20"),
-              env=endpoint.env())
+    run, _, out = scripted_batch(tmp_path, endpoint, ["a"], "--max-wait", "20")
     assert run.code == 1
     job = job_records(out)["a.png"]
     assert (job["status"], job["error_kind"]) == ("FAILED", "expired")
@@ -192,9 +190,8 @@ def test_a_final_poll_error_fails_the_job_at_once(
         return None
 
     endpoint = fake_endpoint(script)
-    src, out, template = named_images(tmp_path, ["a", "b"])
-    run = rpq(*batch_args(src, out, "--input-template", template, "--max-wait", "20",
-                          "--poll", mode), env=endpoint.env())
+    run, _, out = scripted_batch(tmp_path, endpoint, ["a", "b"], "--max-wait", "20",
+                                 "--poll", mode)
     assert run.code == 1
     jobs = job_records(out)
     assert (jobs["a.png"]["status"], jobs["a.png"]["error_kind"]) == ("FAILED", "http_error")
@@ -216,9 +213,7 @@ def test_429_is_transient_on_submit_and_on_poll(
         return None
 
     endpoint = fake_endpoint(script)
-    src, out, template = named_images(tmp_path, ["a"])
-    run = rpq(*batch_args(src, out, "--input-template", template, "--max-wait", "20"),
-              env=endpoint.env())
+    run, src, out = scripted_batch(tmp_path, endpoint, ["a"], "--max-wait", "20")
     assert run.code == 0, run.stderr
     assert (out / "a.png").read_bytes() == (src / "a.png").read_bytes()
     assert endpoint.calls["run"] == 2 and endpoint.calls["status-sync"] >= 2
@@ -241,9 +236,8 @@ def test_the_users_rate_paces_submissions_end_to_end(
         return None
 
     endpoint = fake_endpoint(script)
-    src, out, template = named_images(tmp_path, ["a", "b", "c", "d"])
-    run = rpq(*batch_args(src, out, "--input-template", template, "--rate", "2/1",
-                          "--concurrency", "4"), env=endpoint.env())
+    run, _, _ = scripted_batch(tmp_path, endpoint, ["a", "b", "c", "d"], "--rate", "2/1",
+                               "--concurrency", "4")
     assert run.code == 0, run.stderr
     assert len(arrivals) == 4
     # Measured at the server: the first request may be late by its trip, never the others early.
