@@ -10,6 +10,10 @@ PYENV_ROOT ?= $(HOME)/.pyenv
 python_for = $(or $(lastword $(sort $(wildcard $(PYENV_ROOT)/versions/$(1).*/bin/python$(1)))),$(shell command -v python$(1)),$(error no Python $(1): install it with `pyenv install $(1)`))
 # On the extra Pythons: everything but the scale tests (marked slow) and the runs that repeat
 # the 3.11 ones at length (chaos, crashes, benchmark smoke); see README, Development.
+# The tests mostly wait on HTTP servers, worker processes and sockets, so they run in parallel
+# (pytest-xdist) with more processes than cores; TEST_JOBS=0 runs them one by one.
+TEST_JOBS ?= 4
+PYTEST := -m pytest -n $(TEST_JOBS) --dist worksteal
 EXTRA_PYTEST ?= -m "not slow" --ignore=tests/test_chaos.py --ignore=tests/test_crashes.py \
 	--ignore=tests/test_bench_smoke.py --ignore=tests/test_serve_bench.py -q
 
@@ -29,13 +33,13 @@ serve: $(STAMP)
 	$(BIN)/rpq serve
 
 test: $(STAMP) lint
-	$(BIN)/python -m pytest
+	$(BIN)/python $(PYTEST)
 	$(MAKE) test-extra
 
 test-extra: $(addprefix test-,$(EXTRA_PYTHONS))
 
 test-%: .venv-%/.installed
-	.venv-$*/bin/python -m pytest $(EXTRA_PYTEST)
+	.venv-$*/bin/python $(PYTEST) $(EXTRA_PYTEST)
 
 .venv-%/.installed: pyproject.toml
 	rm -rf .venv-$*

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -31,24 +30,17 @@ PLAIN_OR_GRADIENT = [
 TEXTURED = ["box_noise.jpg", "plant_wood.png", "vase_checker.png", "kettle_fabric.jpg"]
 TEXTURED_BAR = 0.85
 
-_cache: dict[str, tuple[Image.Image, Image.Image, float]] = {}
+_cache: dict[str, tuple[Image.Image, Image.Image]] = {}
 
 
-def timed_cut(name: str) -> tuple[Image.Image, Image.Image, float]:
-    """(upright input, cut-out, seconds taken) for a sample, computed once per session."""
+def cut(name: str) -> tuple[Image.Image, Image.Image]:
+    """(upright input, cut-out) for a sample, computed once per session."""
     if name not in _cache:
         with Image.open(SAMPLES / name) as opened:
             image = upright(opened)
             image.load()
-        start = time.perf_counter()
-        out = remove_background(image)
-        _cache[name] = (image, out, time.perf_counter() - start)
+        _cache[name] = (image, remove_background(image))
     return _cache[name]
-
-
-def cut(name: str) -> tuple[Image.Image, Image.Image]:
-    image, out, _ = timed_cut(name)
-    return image, out
 
 
 def mask_for(name: str) -> Image.Image:
@@ -104,12 +96,11 @@ def test_exif_orientation_is_applied_before_cutting() -> None:
     assert out.size == mask_for("watch_plain_exif6.jpg").size
 
 
-def test_large_image_is_fast_and_keeps_its_size() -> None:
-    image, out, elapsed = timed_cut("backpack_gradient_large.jpg")
+def test_large_image_keeps_its_size() -> None:
+    # Its speed is a figure in `make bench` (scenario 6), not an assert here.
+    image, out = cut("backpack_gradient_large.jpg")
     assert max(image.size) >= 3800
     assert out.size == image.size
-    # About 0.6 s on one core; the generous bound only catches a per-pixel Python loop.
-    assert elapsed < 8
 
 
 def test_edge_is_soft_but_narrow() -> None:

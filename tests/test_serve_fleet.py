@@ -147,7 +147,7 @@ def test_ttl_expiry_wakes_long_poll(http: requests.Session, make_endpoint: Make)
     job_id = run(http, ep, {"input": {}, "policy": {"ttl": 200}})
     started = time.monotonic()
     r = http.get(f"{ep.url}/status-sync/{job_id}?wait=5000", timeout=10)
-    assert r.status_code == 404 and time.monotonic() - started < 2
+    assert r.status_code == 404 and time.monotonic() - started < 4  # woken before the 5 s wait
 
 
 def test_execution_timeout(http: requests.Session, make_endpoint: Make, gate: Gate) -> None:
