@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -59,7 +60,9 @@ def test_run_all_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert d6["best"] > 0 and all(r["errors"] == 0 for r in d6["rounds"])
     d7, d8, d9 = scenarios["7"]["data"], scenarios["8"]["data"], scenarios["9"]["data"]
     assert d7["peak_rss_mb"] and all(mb > 0 for mb in d7["peak_rss_mb"].values())
-    assert d8 and all(v["floor"] > 0 and v["per_image"] > 0 for v in d8.values())
+    # At smoke size a run's CPU is mostly start-up, so CPU per image (a difference of two
+    # runs) is noise there and may even come out below zero; it must still be a number.
+    assert d8 and all(v["floor"] > 0 and math.isfinite(v["per_image"]) for v in d8.values())
     for case in "abc":
         assert all(run["completed"] == run["images"] for run in d9[case].values()), case
     d10, d11 = scenarios["10"]["data"], scenarios["11"]["data"]

@@ -27,13 +27,13 @@ def test_chaos_batch_loses_nothing_and_duplicates_nothing(tmp_path: Path, seed: 
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(600)
 def test_bench_chaos_quick_writes_a_report(tmp_path: Path) -> None:
     # `make chaos` at smoke-test size: every scenario once, a report with a row for each.
     report = tmp_path / "RELIABILITY.md"
     script = Path(__file__).resolve().parent.parent / "bench" / "chaos.py"
     done = subprocess.run([sys.executable, str(script), "--quick", "--out", str(report)],
-                          capture_output=True, text=True, timeout=110)
+                          capture_output=True, text=True, timeout=580)
     assert done.returncode == 0, done.stderr
     text = report.read_text()
     for heading in ("## At a glance", "## Chaos at scale", "## SIGKILL at random moments",

@@ -407,6 +407,7 @@ def test_discovery_is_lazy_and_lists_one_directory_at_a_time(folder: Path, monke
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_a_folder_of_100k_files_streams_in_bounded_memory(folder: Path) -> None:
     flat = folder / "flat"
     flat.mkdir()
