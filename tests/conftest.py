@@ -9,9 +9,11 @@ from typing import Any, TypeVar
 
 import pytest
 import requests
+from chaoskit import shared_folder
 from endpointkit import FakeEndpoint, Script, ScriptedEndpoint
 from helpers import FakeClock, Gate, LoopbackServer, WebhookReceiver
 from hypothesis import settings
+from s3kit import S3Server, s3_server
 
 from rpq.api import RunPodClient
 from rpq.limiter import Limiters
@@ -88,6 +90,20 @@ def gate() -> Iterator[Gate]:
     g = Gate()
     yield g
     g.open_all()
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Server]:
+    """moto's S3 server on 127.0.0.1, shared by the tests of one module."""
+    with s3_server() as server:
+        yield server
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A folder an unprivileged child process can reach (pytest's tmp_path is private)."""
+    with shared_folder() as path:
+        yield path
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import base64
 import json
 import signal
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +29,6 @@ from s3kit import S3Server, s3_server
 from rpq.journal import JOURNAL_NAME, Journal
 from rpq.shard import shard_of
 from rpq.storage import state_dir
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3Server]:
-    with s3_server() as server:
-        yield server
 
 
 @pytest.fixture

@@ -29,7 +29,6 @@ from chaoskit import (
     noise_png,
     output_files,
     restart_endpoint,
-    shared_folder,
 )
 from helpers import wait_for
 from imaging import make_images
@@ -159,12 +158,6 @@ def test_a_full_disk_still_takes_the_lines_of_jobs_already_paid_for() -> None:
 
 
 # --- the output folder made read-only mid-run -------------------------------------------------
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    with shared_folder() as path:
-        yield path
 
 
 @pytest.mark.timeout(90)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ import requests
 from batchkit import batch_args, endpoint_env, rpq
 from helpers import LoopbackServer, respond
 from imaging import make_images, png_bytes
-from s3kit import S3Server, s3_server
+from s3kit import S3Server
 
 KEY = "rpq-test-secret-key-123"
 
@@ -107,12 +107,6 @@ def test_image_url_skips_a_local_line_saying_why(tmp_path: Path, make_endpoint: 
     jobs = {j["input"]: j for j in run.metrics(tmp_path / "out")["jobs"]}
     assert "needs an s3:// or http(s):// URL" in jobs["img_000.png"]["error"]
     assert ep.calls()["run"] == 1
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3Server]:
-    with s3_server() as server:
-        yield server
 
 
 def test_s3_lines_are_read_from_the_bucket(s3: S3Server, tmp_path: Path,

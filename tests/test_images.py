@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chaoskit import in_a_fork_as_nobody, shared_folder
+from chaoskit import in_a_fork_as_nobody
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image, ImageCms
@@ -344,13 +344,6 @@ def _probe_unreadable(root: Path) -> dict[str, object]:
     Image.init()  # import every plugin now: the child must not need the import lock
     result: dict[str, object] = in_a_fork_as_nobody(lambda: _probe(root), timeout=30)
     return result
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A folder an unprivileged child process can reach (pytest's folder is private)."""
-    with shared_folder() as path:
-        yield path
 
 
 def test_unreadable_file_and_directory_are_reported(shared_dir: Path) -> None:
