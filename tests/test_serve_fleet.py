@@ -185,11 +185,12 @@ def test_run_retention(http: requests.Session, make_endpoint: Make) -> None:
 
 
 def test_sync_retention(http: requests.Session, make_endpoint: Make) -> None:
-    ep = make_endpoint(handler="echo", sync_retention=0.2, run_retention=60)
+    # 3 s: long enough that a busy machine still asks for the sync result while it is kept.
+    ep = make_endpoint(handler="echo", sync_retention=3, run_retention=60)
     sync_id = http.post(f"{ep.url}/runsync", json={"input": {}}).json()["id"]
+    assert status_code(http, ep, sync_id) == 200
     run_id = run(http, ep, {"input": {}})
     wait_for(lambda: state(http, ep, run_id) == "COMPLETED")
-    assert status_code(http, ep, sync_id) == 200
     wait_for(lambda: status_code(http, ep, sync_id) == 404)
     assert status_code(http, ep, run_id) == 200
 
