@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from rpq.errors import InputError, UsageError
 
@@ -355,13 +355,70 @@ class Prepared:
     digest: str  # sha256 hex of the ORIGINAL file bytes
 
 
+# Chunks read to hash a file: under map_large_blocks' threshold, so each comes from the heap
+# and is reused, instead of being mapped and faulted in afresh.
+_HASH_CHUNK = 128 << 10
+
+
+class _Digests:
+    """The digests of the files hashed lately, by identity and change time, so `prepare`
+    need not hash a file again that the batch hashed just before (for its journal key).
+
+    A file written since (new size, mtime or ctime; the kernel sets ctime on every write) is
+    a miss, hashed again. Bounded; thread-safe.
+    """
+
+    def __init__(self, size: int = 512) -> None:
+        self._size = size
+        self._known: dict[tuple[int, ...], str] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(st: os.stat_result) -> tuple[int, ...]:
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def get(self, st: os.stat_result) -> str | None:
+        with self._lock:
+            return self._known.get(self.key(st))
+
+    def put(self, st: os.stat_result, digest: str) -> None:
+        with self._lock:
+            if len(self._known) >= self._size:
+                del self._known[next(iter(self._known))]  # the oldest
+            self._known[self.key(st)] = digest
+
+
+_digests = _Digests()
+
+
 def content_digest(path: Path) -> str:
     """sha256 hex of a file's bytes, read in chunks."""
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
+        before = os.fstat(f.fileno())
+        digest = _hash_stream(f)
+        after = os.fstat(f.fileno())
+    if _Digests.key(before) == _Digests.key(after):  # not written to while it was read
+        _digests.put(after, digest)
+    return digest
+
+
+def _hash_stream(f: BinaryIO) -> str:
+    """sha256 hex of an open file's bytes, from its start."""
+    f.seek(0)
+    h = hashlib.sha256()
+    while chunk := f.read(_HASH_CHUNK):
+        h.update(chunk)
     return h.hexdigest()
+
+
+def _read_all(f: BinaryIO) -> tuple[bytes, str | None]:
+    """An open file's bytes, and their digest if this process hashed the file as it is now."""
+    before = os.fstat(f.fileno())
+    data = f.read()
+    after = os.fstat(f.fileno())
+    if _Digests.key(before) != _Digests.key(after):
+        return data, None
+    return data, _digests.get(after)
 
 
 def _normalise_format(fmt: str | None) -> str | None:
@@ -395,16 +452,19 @@ def prepare(
     target = _normalise_format(fmt)
     if max_side is not None and max_side < 1:
         raise UsageError(f"max side must be a positive number of pixels, not {max_side}.")
-    try:
-        original = image.path.read_bytes()
-    except OSError as exc:
-        raise InputError(
-            f"cannot read it ({_os_reason(exc)}). "
-            "Check its permissions or remove it from the folder."
-        ) from None
+    with _open_image(image.path) as f:
+        try:
+            head = f.read(SNIFF_BYTES)
+            if sniff(head) == "jpeg" and (max_side is not None or target is not None):
+                return _reencode_file(image, f, target or "jpeg", max_side, max_pixels)
+            f.seek(0)
+            original, digest = _read_all(f)
+        except OSError as exc:
+            raise _cannot_read(exc) from None
     if not original:
         raise InputError("empty file. Remove it from the folder.")
-    digest = hashlib.sha256(original).hexdigest()
+    if digest is None:
+        digest = hashlib.sha256(original).hexdigest()
     kind = sniff(original[:SNIFF_BYTES])
     if kind is None:
         raise InputError(
@@ -412,7 +472,7 @@ def prepare(
             "Remove it from the folder or exclude it."
         )
 
-    im = _open_checked(original, kind, max_pixels)
+    im = _open_checked(io.BytesIO(original), kind, max_pixels)
     try:
         if kind == "png":
             # Pillow's decoder stops once it has every row, so a PNG cut after its last pixels
@@ -428,6 +488,48 @@ def prepare(
         data, width, height = _reencode(im, out_kind, max_side)
     finally:
         im.close()
+    return Prepared(image, data, _MIME[out_kind], out_kind, width, height, digest)
+
+
+def _open_image(path: Path) -> BinaryIO:
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise _cannot_read(exc) from None
+
+
+def _cannot_read(exc: OSError) -> InputError:
+    return InputError(
+        f"cannot read it ({_os_reason(exc)}). "
+        "Check its permissions or remove it from the folder."
+    )
+
+
+def _reencode_file(
+    image: ImageFile, f: BinaryIO, out_kind: str, max_side: int | None, max_pixels: int
+) -> Prepared:
+    """`prepare` of a JPEG to re-encode, decoded straight from its open file.
+
+    The file's bytes are never held whole (libjpeg reads them in 64 KB chunks as it decodes),
+    and its digest is the one the batch made for its journal key when the file is unchanged
+    since: hashed again otherwise.
+    """
+    try:
+        before = os.fstat(f.fileno())
+        digest = _digests.get(before) or _hash_stream(f)
+        f.seek(0)
+    except OSError as exc:
+        raise _cannot_read(exc) from None
+    im = _open_checked(f, "jpeg", max_pixels)
+    try:
+        data, width, height = _reencode(im, out_kind, max_side)
+    finally:
+        im.close()
+    try:
+        if _Digests.key(os.fstat(f.fileno())) != _Digests.key(before):
+            digest = _hash_stream(f)  # written to meanwhile: at least the digest is current
+    except OSError as exc:
+        raise _cannot_read(exc) from None
     return Prepared(image, data, _MIME[out_kind], out_kind, width, height, digest)
 
 
@@ -520,8 +622,8 @@ def _too_big(size: tuple[int, int] | None, max_pixels: int) -> InputError:
     )
 
 
-def _open_checked(data: bytes, kind: str, max_pixels: int) -> Image.Image:
-    """Open `data` with the plugin for `kind`, reading only the header, and check its size."""
+def _open_checked(fp: BinaryIO, kind: str, max_pixels: int) -> Image.Image:
+    """Open `fp` with the plugin for `kind`, reading only the header, and check its size."""
     from PIL import Image
 
     try:
@@ -535,7 +637,7 @@ def _open_checked(data: bytes, kind: str, max_pixels: int) -> Image.Image:
     # process-wide MAX_IMAGE_PIXELS check, which warns (an error under strict warning
     # filters) at a different threshold than ours. Our limit is applied just below.
     try:
-        im = factory(io.BytesIO(data), "")
+        im = factory(fp, "")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise _too_big(None, max_pixels) from None
     except Exception as exc:
@@ -668,7 +770,13 @@ def _shrink(frame: Image.Image, new_size: tuple[int, int]) -> Image.Image:
         # Within a factor of 2 (what libjpeg's scaled decode leaves), Pillow's bilinear
         # filter (widened by the factor) averages every source pixel, at half the CPU of
         # LANCZOS: on a 12 MP photo, this step would otherwise cost as much as decoding.
-        smaller = frame.resize(new_size, Image.Resampling.BILINEAR)
+        # Its two passes run one at a time, the decoded image freed between them: the same
+        # pixels out, a third less memory held at the peak.
+        wide = frame.resize((new_size[0], frame.height), Image.Resampling.BILINEAR)
+        frame.close()
+        smaller = wide.resize(new_size, Image.Resampling.BILINEAR)
+        wide.close()
+        return smaller
     else:
         # Box-reduce to within 3x of the target first: about LANCZOS quality, far less CPU.
         smaller = frame.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=3.0)
