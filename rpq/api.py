@@ -20,6 +20,7 @@ import urllib3
 from requests.adapters import HTTPAdapter
 
 from rpq import __version__
+from rpq.budget import Meter
 from rpq.errors import APIError, AuthError, EndpointError, EndpointNotFound
 
 # -vv: one line per request (method, path, status, time); never headers, so never the key.
@@ -241,10 +242,12 @@ class RunPodClient:
         )
 
     def download(
-        self, url: str, *, max_bytes: int, timeout: float, deadline: float | None = None
+        self, url: str, *, max_bytes: int, timeout: float, deadline: float | None = None,
+        meter: Meter | None = None,
     ) -> bytes:
         """GET an output URL; see `download` (no API key is sent with it)."""
-        return download(url, max_bytes=max_bytes, timeout=timeout, deadline=deadline)
+        return download(url, max_bytes=max_bytes, timeout=timeout, deadline=deadline,
+                        meter=meter)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -373,12 +376,15 @@ def post_json(url: str, payload: dict[str, Any], timeout: float = 5.0) -> int:
 
 
 def download(
-    url: str, *, max_bytes: int, timeout: float, deadline: float | None = None
+    url: str, *, max_bytes: int, timeout: float, deadline: float | None = None,
+    meter: Meter | None = None,
 ) -> bytes:
     """GET an output URL (http/https only, size-capped); no API key is sent with it.
 
     `timeout` bounds the connection and each read; `deadline` (seconds) the whole
-    download, so a server that trickles bytes cannot hold it longer.
+    download, so a server that trickles bytes cannot hold it longer. `meter` counts the
+    bytes against the memory budget: told the length (Content-Length) before the body is
+    read, then the bytes as they arrive.
     """
     if not url.lower().startswith(("http://", "https://")):
         raise APIError(f"refusing to download {url[:80]!r}: only http(s) URLs are fetched")
@@ -390,14 +396,25 @@ def download(
             if resp.status_code >= 400:
                 raise APIError(f"download failed: HTTP {resp.status_code} for {url[:120]}",
                                resp.status_code)
+            if meter is not None:
+                length = resp.headers.get("Content-Length", "")
+                meter.expect(min(int(length), max_bytes + 1) if length.isdigit() else None)
             chunks = _capped(_arriving(resp), max_bytes, url)
             data = []
+            total = 0
             for chunk in chunks:
                 data.append(chunk)
+                total += len(chunk)
+                if meter is not None:
+                    meter.arrived(total)
                 if give_up is not None and time.monotonic() > give_up:
                     raise APIError(f"download of {url[:120]} took longer than "
                                    f"{deadline:g} s; not saved")
-            return b"".join(data)
+            body = b"".join(data)
+            del data
+            if meter is not None:
+                meter.joined(len(body))
+            return body
     except requests.exceptions.InvalidSchema:
         # The URL itself is http(s): a redirect led somewhere else (file:, ftp:, ...).
         raise APIError(f"refusing to download {url[:120]}: it redirects to a URL that "

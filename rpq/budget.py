@@ -163,6 +163,80 @@ class Hold:
         self.release()
 
 
+#: A download without a Content-Length is first counted at this much, then as it arrives.
+DOWNLOAD_STEP = 4 * MB
+
+#: An output smaller than this is not counted while it is written, like a status reply under
+#: api.BIG_BODY: its job then holds nothing while its first download waits for room.
+SMALL_OUTPUT = 64 << 10
+
+
+class Downloads:
+    """A job's result downloads, counted against a Budget until its files are written.
+
+    A download counts twice its size while it is read (the chunks, then their join) and its
+    size once joined. Its body waits in the socket for room when its length is known
+    (Content-Length, read before the body); without one, it waits for DOWNLOAD_STEP and is
+    counted as it arrives. Only a job that holds nothing counted waits (so a thread never
+    waits while it holds, and waits cannot deadlock): its later downloads, and a download
+    growing past what it was counted at, are admitted without waiting, and new work waits
+    until they are freed. `release` frees them all.
+    """
+
+    def __init__(self, budget: Budget, *, may_wait: bool = True) -> None:
+        self._budget = budget
+        self._may_wait = may_wait
+        self.held = 0
+
+    def meter(self) -> Meter:
+        """What counts one download's bytes."""
+        return Meter(self)
+
+    def take(self, n: int, *, wait: bool) -> None:
+        if n <= 0:
+            return
+        if wait and self._may_wait and self.held == 0:
+            self._budget.acquire(n)
+        else:
+            self._budget.admit(n)
+        self.held += n
+
+    def give(self, n: int) -> None:
+        n = max(0, min(n, self.held))
+        self._budget.release(n)
+        self.held -= n
+
+    def release(self) -> None:
+        self.give(self.held)
+
+
+class Meter:
+    """One download's bytes, counted in its Downloads as they come (see there)."""
+
+    def __init__(self, downloads: Downloads) -> None:
+        self._downloads = downloads
+        self.counted = 0
+
+    def expect(self, length: int | None) -> None:
+        """The answer's headers are in: count its body before reading it (may wait)."""
+        n = 2 * length if length is not None else DOWNLOAD_STEP
+        self._downloads.take(n, wait=True)
+        self.counted += n
+
+    def arrived(self, total: int) -> None:
+        """`total` bytes of the body are in: count them twice, in steps, never waiting."""
+        if 2 * total > self.counted:
+            more = max(2 * total - self.counted, DOWNLOAD_STEP)
+            self._downloads.take(more, wait=False)
+            self.counted += more
+
+    def joined(self, size: int) -> None:
+        """The chunks are one `size`-byte value now: count that alone."""
+        if self.counted > size:
+            self._downloads.give(self.counted - size)
+            self.counted = size
+
+
 def text_bytes(value: object) -> int:
     """Bytes held by the strings inside a decoded JSON value (where a result's image lives)."""
     total = 0

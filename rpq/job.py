@@ -11,7 +11,7 @@ from typing import Any
 
 from rpq.api import is_transient
 from rpq.bodies import Body
-from rpq.budget import Budget, result_cost
+from rpq.budget import SMALL_OUTPUT, Budget, Downloads, result_cost
 from rpq.endpoints import Endpoints
 from rpq.errors import APIError, InputError
 from rpq.extract import OutputError, decode_worker_error
@@ -268,11 +268,15 @@ class Runner:
             return None
         # A large status reply was counted before it was read (RunPodClient.on_big_body);
         # count what it did not cover (a reply sent without its length), so new images wait
-        # to be prepared until the result is written.
-        held = max(0, result_cost(body.get("output")) - self.budget.held_here())
+        # to be prepared until the result is written. Images given as URLs are counted as
+        # they are downloaded; a job holding nothing counted waits for room to read them.
+        cost = result_cost(body.get("output"))
+        held = max(0, cost - self.budget.held_here()) if cost >= SMALL_OUTPUT else 0
         self.budget.admit(held)
+        downloads = Downloads(self.budget,
+                              may_wait=held == 0 and self.budget.held_here() == 0)
         try:
-            return Saved(self.writer.write(rel, body))
+            return Saved(self.writer.write(rel, body, downloads))
         except OutputError as exc:
             return Saved([], f"completed without a usable image: {exc}")
         except OSError as exc:
@@ -281,6 +285,7 @@ class Runner:
         except APIError as exc:
             return Saved([], f"could not save the result: {exc}")
         finally:
+            downloads.release()
             self.budget.release(held)
 
     def _count(self, job: Job, column: str) -> None:

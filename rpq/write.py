@@ -12,6 +12,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from rpq.api import RunPodClient
+from rpq.budget import Downloads
 from rpq.errors import APIError
 from rpq.extract import Artifact, OutputError, extract, sniff_format
 from rpq.files import atomic_write
@@ -53,14 +54,16 @@ class ResultWriter:
         # Who owns an output an earlier run wrote (the journal knows), asked name by name.
         self.earlier_owner: Callable[[str], str | None] = lambda name: None
 
-    def write(self, rel: str, job: dict[str, Any]) -> list[str]:
+    def write(self, rel: str, job: dict[str, Any],
+              downloads: Downloads | None = None) -> list[str]:
         """Extract, fetch and write every image; returns the written paths relative to `out`.
 
         Raises OutputError (nothing usable in the output) or APIError (a download failed);
-        no file is written unless every image was obtained.
+        no file is written unless every image was obtained. `downloads` counts the bytes of
+        images given as URLs against the memory budget (the caller releases them).
         """
         artifacts = extract(job.get("output"), self.output_key)
-        blobs = [self._fetch(a) for a in artifacts]
+        blobs = [self._fetch(a, downloads) for a in artifacts]
         formats = []
         for i, blob in enumerate(blobs):
             fmt = sniff_format(blob)
@@ -94,7 +97,7 @@ class ResultWriter:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _fetch(self, artifact: Artifact) -> bytes:
+    def _fetch(self, artifact: Artifact, downloads: Downloads | None) -> bytes:
         if artifact.data is not None:
             return artifact.data
         if artifact.url is None:  # pragma: no cover - extract() guarantees one of the two
@@ -104,6 +107,7 @@ class ResultWriter:
         return self.client.download(
             artifact.url, max_bytes=self.download_max_bytes, timeout=self.download_timeout,
             deadline=self.download_deadline,
+            meter=downloads.meter() if downloads is not None else None,
         )
 
     def _stem_for(self, rel: str, count: int, formats: list[str]) -> str:
