@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
-import time
+import threading
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -84,15 +85,26 @@ def health(
         from rich.live import Live
 
         degraded = False
-        with Live(console=Console(), refresh_per_second=2) as live:
-            try:
-                while True:
+        # Ctrl-C sets an event rather than raising in the middle of the loop: a
+        # KeyboardInterrupt landing while Live's lock is held would leave the lock taken, and
+        # leaving Live would then wait for it forever. A second Ctrl-C interrupts at once.
+        stop = threading.Event()
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            if stop.is_set():
+                raise KeyboardInterrupt
+            stop.set()
+
+        previous = signal.signal(signal.SIGINT, on_sigint)
+        try:
+            with Live(console=Console(), refresh_per_second=2) as live:
+                while not stop.is_set():
                     diagnosis = diagnose(client.health())
                     degraded = diagnosis.degraded
                     live.update(_health_view(client.endpoint_id, diagnosis))
-                    time.sleep(watch)
-            except KeyboardInterrupt:
-                pass
+                    stop.wait(watch)
+        finally:
+            signal.signal(signal.SIGINT, previous)
         raise typer.Exit(1 if degraded else 0)
 
 
