@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import math
 import shutil
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,10 +182,10 @@ def scenario_cpu(ctx: Context) -> Scenario:
     sc = Scenario("8", "Client CPU per image", (
         f"{z.cpu_images} photos per size, `echo` handler, 16 workers, rpq with its defaults. "
         f"CPU per image = (client CPU of the run - client CPU of the same command on one "
-        f"photo) / {z.cpu_images - 1}: start-up and imports left out. Floor = Pillow decoding "
-        "each input once plus each result rpq wrote once, measured in the bench process right "
-        "after the run. Images per second: first /run to last result; at the floor, two cores "
-        "would do 2 / floor."))
+        f"photo, median of three) / {z.cpu_images - 1}: start-up and imports left out. "
+        "Floor = Pillow decoding each input once plus each result rpq wrote once, measured in "
+        "the bench process right after the run. Images per second: first /run to last "
+        "result; at the floor, two cores would do 2 / floor."))
     endpoint = {"handler": "echo", "workers_max": 16}
     table = ["| photos | options | CPU per image ms | floor ms | ratio | images/s | "
              "2 cores at the floor, images/s |", "|---|---|---|---|---|---|---|"]
@@ -195,7 +196,10 @@ def scenario_cpu(ctx: Context) -> Scenario:
         for extra in ((), ("--max-side", str(z.max_side))):
             tag = f"s8-{mp}mp{'-ms' if extra else ''}"
             full, _ = run(ctx, tag, "rpq", folder, z.cpu_images, endpoint, extra, keep=True)
-            single, _ = run(ctx, tag + "-one", "rpq", one, 1, endpoint, extra)
+            # Start-up alone varies from run to run on a busy machine: the median of three.
+            singles = [run(ctx, f"{tag}-one", "rpq", one, 1, endpoint, extra)[0].cpu_seconds
+                       for _ in range(1 if ctx.quick else 3)]
+            single_cpu = statistics.median(singles)
             out = ctx.work / "runs" / f"{tag}-rpq"
             inputs = sorted(folder.glob("*.jpg"))
             outputs = sorted(out.glob("*.jpg"))
@@ -205,7 +209,7 @@ def scenario_cpu(ctx: Context) -> Scenario:
                 both = resize_floor_seconds(inputs, outputs, z.max_side)
                 resize_floor, resize_own = (t / len(inputs) for t in both)
             shutil.rmtree(out, ignore_errors=True)
-            per_image = (full.cpu_seconds - single.cpu_seconds) / (z.cpu_images - 1)
+            per_image = (full.cpu_seconds - single_cpu) / (z.cpu_images - 1)
             label = " ".join(extra) or "as they are"
             over = per_image / floor if floor > 0 else math.inf
             sc.rows.append(Row(
@@ -245,7 +249,9 @@ def scenario_cpu(ctx: Context) -> Scenario:
         "journal key; the two passes of the bilinear resize run one after the other; at most "
         "one photo per CPU is prepared at a time, and Pillow keeps freed pixel blocks for the "
         "next one (in a quarter of the memory budget at most), instead of mapping and "
-        "faulting in fresh memory for each of the three images a resize makes.")
+        "faulting in fresh memory for each of the three images a resize makes. The resize is "
+        "bilinear: BOX (area averaging) would save 5-11 ms per photo, but lands 7 dB of PSNR "
+        "further from a LANCZOS resize of the full decode (38 against 46 dB at 12 MP).")
     return sc
 
 

@@ -396,9 +396,12 @@ def download(
             if resp.status_code >= 400:
                 raise APIError(f"download failed: HTTP {resp.status_code} for {url[:120]}",
                                resp.status_code)
+            length = resp.headers.get("Content-Length", "")
+            if length.isdigit() and int(length) > max_bytes:
+                raise APIError(f"download of {url[:120]} exceeds {max_bytes // (1 << 20)} MB "
+                               "(its Content-Length); not saved")
             if meter is not None:
-                length = resp.headers.get("Content-Length", "")
-                meter.expect(min(int(length), max_bytes + 1) if length.isdigit() else None)
+                meter.expect(int(length) if length.isdigit() else None)
             chunks = _capped(_arriving(resp), max_bytes, url)
             data = []
             total = 0
