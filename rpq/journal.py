@@ -143,27 +143,40 @@ class Journal:
     cannot keep an index (a read-only folder), every entry is held in memory instead.
     """
 
-    def __init__(self, path: Path, *, load: bool = True, room: bool = False) -> None:
+    def __init__(self, path: Path, *, load: bool = True, room: bool = False,
+                 opened: bool = True) -> None:
         """`load=False` starts empty whatever the file holds (--fresh moves it aside later);
-        `room=True` holds disk space for the lines of paid jobs (one batch per folder)."""
+        `room=True` holds disk space for the lines of paid jobs (one batch per folder);
+        `opened=False` reads nothing, not even the index, until `open()`: a batch opens its
+        journal once it holds the output folder's lock, so a second run never touches it."""
         self.path = path
         self._room = Room(path.with_name(path.name.removesuffix(".jsonl") + ".room")) \
             if room else None
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._recent: dict[str, Entry] = {}  # keys touched since the index was saved
-        self._index = JournalIndex.open(index_path(path)) if index_path(path).exists() \
-            else None
+        self._index: JournalIndex | None = None
         self._no_index = False  # SQLite could not make one here: keep everything in memory
         self._applied = 0  # bytes of the file folded in: whole lines only
         self._torn = 0  # whole lines that could not be read
         self._loose_tail = False  # an unreadable last line with no newline yet
-        self._reset = False  # the index describes another file: replace it at the next save
+        self._reset = not load  # the index describes another file: replace it at the next save
+        self._opened = False
         self._owners: dict[str, str] | None = None
         self.entries = EntryView(self)
-        if not load:
-            self._reset = True
-        elif path.exists():
+        if opened:
+            self.open()
+
+    def open(self) -> None:
+        """Read the index and the lines written after it; only the first call does anything."""
+        if self._opened:
+            return
+        self._opened = True
+        if index_path(self.path).exists():
+            self._index = JournalIndex.open(index_path(self.path))
+        if self._reset:
+            return
+        if self.path.exists():
             self._load()
         elif self._index is not None and self._index.mark().offset:
             self._reset = True  # the file it indexed was moved aside or deleted

@@ -1,13 +1,17 @@
 """The batch: discover -> deduplicate -> prepare -> a job per image -> record, with a journal.
 
 Layout, top to bottom: `Batch` (here) wires the stages, takes the images from `inputs.Inputs`
-(a folder, a list or a bucket), skips or reuses what is done, and handles Ctrl-C. Each image
-to send becomes a `job.Job` that `job.Runner` submits, waits for (`poll`), moves or resubmits,
-and concludes; it returns an `Ending` (the record) and never calls back here.
-`endpoints.Endpoints` holds the primary and fallback endpoints, the live jobs, cancel and
-failover; `recorder.Recorder` takes every record (journal, progress, spool, stats, guards),
-says when the run must stop, and writes job_metrics.json. The vocabularies (statuses, poll
-outcomes, error kinds, columns) are defined once, in `states`.
+(a folder, a list or a bucket), hands each to a thread, and handles Ctrl-C; it reads the
+journal only once the output folder is locked. `reuse.Reuse` answers an image whose request
+was sent already (by an earlier run, or by a twin in this one) with that job's record; each
+other image becomes a `job.Job` that `job.Runner` submits, waits for (`poll`), moves or
+resubmits, and concludes; it returns an `Ending` (the record) and never calls back here.
+`flow.Flow` keeps the number of jobs out under the concurrency target and the image data in
+memory under the budget, and makes the request bodies. `endpoints.Endpoints` holds the primary
+and fallback endpoints, the live jobs, cancel and failover; `recorder.Recorder` takes every
+record (journal, progress, spool, stats, guards), says when the run must stop, and writes
+job_metrics.json. The vocabularies (statuses, poll outcomes, error kinds, columns) are defined
+once, in `states`.
 """
 
 from __future__ import annotations
@@ -18,32 +22,30 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rpq.api import RunPodClient, post_json
-from rpq.bodies import Bodies
-from rpq.budget import MB, Budget, map_large_blocks
-from rpq.concurrency import Concurrency, Gate
+from rpq.budget import map_large_blocks
 from rpq.discovery import Discovered
-from rpq.endpoints import HEALTH_EVERY, Endpoints, build_callers
-from rpq.errors import APIError, RpqError, UsageError
+from rpq.endpoints import Endpoints, build_callers
+from rpq.errors import UsageError
 from rpq.files import sweep_temp_files
+from rpq.flow import Flow
 from rpq.guards import Alerter, Guards, GuardSettings, HaltRule
 from rpq.images import ImageFile, Skipped, no_image_found
 from rpq.inputs import Inputs
 from rpq.job import Ending, Job, Runner
 from rpq.journal import JOURNAL_NAME, Entry, Journal
-from rpq.metrics import JobRecord, load_metrics, now_iso
+from rpq.metrics import JobRecord, load_metrics
 from rpq.poll import Poller, StallDetector, Timing
 from rpq.progress import Reporter, Tracker
 from rpq.recorder import Recorder
+from rpq.reuse import Reuse, failure
 from rpq.runs import RUNS_NAME
 from rpq.settings import BatchSettings
-from rpq.spill import SpillMap
-from rpq.states import Column, Kind, Stage, Status
+from rpq.states import Column, Kind
 from rpq.storage import Bucket, BucketError
 from rpq.template import RequestTemplate
 from rpq.write import ResultWriter
@@ -134,32 +136,16 @@ def build_guards(settings: BatchSettings, tracker: Tracker,
     ), alerter)
 
 
-class Twins:
-    """Images with the same content and settings: the first is sent, the others reuse it."""
+def set_aside(journal: Path) -> None:
+    """--fresh: the journal is moved aside (to .jsonl.old), earlier runs' summaries dropped."""
+    if journal.exists():
+        os.replace(journal, journal.with_suffix(".jsonl.old"))
+        (journal.parent / RUNS_NAME).unlink(missing_ok=True)
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._running: dict[str, threading.Event] = {}  # keys being worked on now
-        self._seen = SpillMap()  # every key of this run: on disk, so memory stays flat
 
-    def claim(self, key: str) -> bool:
-        """True for the first image of a key; for a twin, False once the first has ended."""
-        with self._lock:
-            twin = self._running.get(key)
-            new = self._seen.add(key)
-            first = twin is None and new
-            if first:
-                self._running[key] = threading.Event()
-        if not first and twin is not None:
-            twin.wait()
-        return first
-
-    def release(self, key: str) -> None:
-        with self._lock:
-            self._running.pop(key).set()
-
-    def seen(self, key: str) -> bool:
-        return key in self._seen
+def title_of(settings: BatchSettings) -> str:
+    where = settings.bucket_in or str(settings.root)
+    return f"rpq batch {where} → {settings.endpoint.endpoint_id or 'built-in endpoint'}"
 
 
 class Batch:
@@ -177,10 +163,8 @@ class Batch:
         health_every: float | None = None,
     ) -> None:
         self.s = settings
-        # Auto concurrency steers by /health: look often enough to follow a scaling endpoint.
-        self.health_every = health_every or (HEALTH_EVERY if settings.concurrency else 1.0)
         self.reporter = reporter
-        self.clock, self.wall = clock, wall
+        self.wall = wall
         self.client = client or build_client(settings)
         self.template = build_template(settings)
         self.inputs = Inputs(settings, self.template)
@@ -189,9 +173,10 @@ class Batch:
         self.policy = policy_of(settings)
         self.fingerprint = fingerprint(self.template, settings)
         self.tracker = Tracker(clock)
-        # --fresh moves the old journal aside when the run starts; a dry run leaves it be.
+        # Read when the run starts, under the output folder's lock (or by a dry run); --fresh
+        # moves the old one aside then, a dry run leaves it be.
         self.journal = Journal(settings.out / JOURNAL_NAME, load=not settings.fresh,
-                               room=True)
+                               room=True, opened=False)
         self.guards = build_guards(settings, self.tracker, clock)
         self.writer = build_writer(settings, self.client)
         self.recorder = Recorder(settings, self.journal, self.tracker, reporter, self.guards,
@@ -202,30 +187,20 @@ class Batch:
             self.journal, say=reporter.message, wall=wall)
         self._stop = threading.Event()  # submit nothing new (Ctrl-C, halt, budget)
         self._halt = threading.Event()  # second Ctrl-C: cancel everything in flight
-        self.concurrency = Concurrency(settings.concurrency, clock=clock)
-        self.gate = Gate(self.concurrency)
-        self.tracker.target = self.concurrency.target
-        self.budget = Budget(settings.memory_budget * MB)
-        self.bodies = Bodies(self.template, self.budget, policy=self.policy,
-                             max_side=settings.max_side, fmt=settings.fmt,
-                             give_up=self._stop.is_set, prepare=self.inputs.prepare)
-        # A result inline in a status reply waits in the socket for room in the budget;
-        # counted three times over: the raw reply, its text, and the parsed JSON.
-        self.endpoints.on_big_body(lambda n: self.budget.charge_here(3 * n))
+        self.flow = Flow(settings, self.template, self.tracker, self.endpoints,
+                         policy=self.policy, prepare=self.inputs.prepare,
+                         stopping=self._stop.is_set, clock=clock, health_every=health_every)
         self.runner = Runner(self.endpoints, build_poller(settings, clock, sleep), self.writer,
                              self.journal, self.tracker,
-                             job_retries=settings.job_retries, budget=self.budget,
+                             job_retries=settings.job_retries, budget=self.flow.budget,
                              stopping=self._stop.is_set, halted=self._halt.is_set,
                              pause=self._stop.wait, clock=clock, wall=wall)
         self._lock = threading.Lock()
         self.interrupted = False
         self.stop_reason: str | None = None
-        self.orphans = 0
-        self._twins = Twins()
-        self._earlier: set[str] = set()  # keys answered from the journal, not sent in this run
-        where = settings.bucket_in or str(settings.root)
-        endpoint = settings.endpoint.endpoint_id or "built-in endpoint"
-        self.tracker.title = f"rpq batch {where} → {endpoint}"
+        self.reuse = Reuse(self.journal, self.writer, self.recorder,
+                           retry_failed=settings.retry_failed, wall=wall)
+        self.tracker.title = title_of(settings)
 
     # -- entry points -----------------------------------------------------------------------
 
@@ -246,31 +221,34 @@ class Batch:
             if bucket is not None:
                 bucket.check()  # a missing bucket or refused key ends the run before any job
         health = self.endpoints.check()
-        self._show_health(health)
+        self.flow.health(health)
         return health
 
     def dry_run(self) -> dict[str, Any]:
         """What would be sent; sends nothing."""
+        self.journal.open()
         return {"endpoint": self.client.url,
                 **self.inputs.dry_run(self.journal, self.fingerprint, self.policy)}
 
     def run(self) -> BatchResult:
+        """Send the batch. The caller holds the output folder's lock (`lock.OutputLock`):
+        nothing of the folder, the journal first, is read or written before this."""
         map_large_blocks()  # freed image buffers go back to the system: RSS follows the budget
         self.s.out.mkdir(parents=True, exist_ok=True)
-        if self.s.fresh and self.journal.path.exists():
-            os.replace(self.journal.path, self.journal.path.with_suffix(".jsonl.old"))
-            (self.s.out / RUNS_NAME).unlink(missing_ok=True)  # earlier runs' summaries too
+        self.journal.open()
+        if self.s.fresh:
+            set_aside(self.journal.path)
         started_wall = self.wall()
         sweep_temp_files(self.s.out)  # half-written files of a run that was killed
         self.writer.earlier_owner = self.journal.output_owner
-        self.orphans = len(self.journal.orphans())
+        orphans = len(self.journal.orphans())
         # One walk (or listing) in a thread, ahead of the work: the total is known when it
         # ends, and the first jobs go out meanwhile.
         found = Discovered(self._images(), self._counted)
         self.reporter.start(self.tracker)
         done = threading.Event()
         threading.Thread(target=self.endpoints.watch_health,
-                         args=(done, self._show_health, self.health_every),
+                         args=(done, self.flow.health, self.flow.health_every),
                          name="rpq-health", daemon=True).start()
         with self.recorder.spooling():
             try:
@@ -281,9 +259,9 @@ class Batch:
                 self.journal.close()
             summary = self.recorder.finish(
                 started_wall, interrupted=self.interrupted, stop_reason=self.stop_reason,
-                orphans=self.orphans, endpoints=self.endpoints)
+                orphans=orphans, endpoints=self.endpoints)
         return BatchResult(summary, interrupted=self.interrupted,
-                           stop_reason=self.stop_reason, orphans=self.orphans,
+                           stop_reason=self.stop_reason, orphans=orphans,
                            skipped=self.tracker.counts[Column.SKIPPED] - self.recorder.twins,
                            twins=self.recorder.twins, not_started=self.recorder.not_started,
                            found=self.tracker.total)
@@ -313,8 +291,7 @@ class Batch:
         extra = "" if reason else " Ctrl-C again cancels all."
         self.reporter.message(f"{why}: submitting nothing new and cancelling queued jobs; "
                               f"running ones may finish.{extra}")
-        self.budget.wake()  # jobs waiting for memory to prepare an image give up now
-        self.gate.poke()
+        self.flow.wake()  # jobs waiting for memory or for the gate give up now
         self.endpoints.cancel_later(targets, why, queued_only=True)
 
     # -- dispatch ---------------------------------------------------------------------------
@@ -333,22 +310,7 @@ class Batch:
             self.tracker.total = count
 
     def _dispatch(self, found: Iterable[ImageFile | Skipped]) -> None:
-        pending: set[Future[None]] = set()
-        # A thread per image out; threads start as the target first needs them.
-        with ThreadPoolExecutor(self.s.most_jobs_out, thread_name_prefix="rpq-job") as pool:
-            def launch(fn: Callable[..., None], *args: Any) -> bool:
-                if not self.gate.enter(self._stop.is_set):
-                    return False
-                fut = pool.submit(fn, *args)
-                pending.add(fut)
-
-                def done(f: Future[None]) -> None:
-                    self.gate.leave()
-                    pending.discard(f)
-
-                fut.add_done_callback(done)
-                return True
-
+        with self.flow.threads() as launch:
             images = iter(found)
             for item in images:
                 if self._stop.is_set() or not launch(self._guard, self._one, item):
@@ -361,10 +323,8 @@ class Batch:
             for entry in self.journal.in_flight():
                 if self._stop.is_set():
                     break
-                if not self._twins.seen(entry.key):
+                if not self.reuse.seen(entry.key):
                     launch(self._guard, self._resume_orphan, entry)
-            while pending:
-                wait(list(pending), timeout=0.2)
 
     def _guard(self, fn: Callable[..., None], item: Any) -> None:
         """A job's unexpected exception becomes that job's failure, never the batch's."""
@@ -373,11 +333,11 @@ class Batch:
             fn(item)
         except OSError as exc:
             # Writing the journal failed (a full disk, a folder made read-only).
-            self._record(None, self._failure(rel, f"could not write to {self.s.out}: "
-                                             f"{exc.strerror or exc}", Kind.NO_OUTPUT))
+            self._record(None, failure(rel, f"could not write to {self.s.out}: "
+                                       f"{exc.strerror or exc}", Kind.NO_OUTPUT, self.wall()))
         except Exception as exc:
-            self._record(None, self._failure(rel, f"internal error: {type(exc).__name__}: "
-                                             f"{exc}", Kind.HTTP_ERROR))
+            self._record(None, failure(rel, f"internal error: {type(exc).__name__}: {exc}",
+                                       Kind.HTTP_ERROR, self.wall()))
 
     # -- one image: deduplicate, reuse, or hand it to the runner ------------------------------
 
@@ -397,27 +357,18 @@ class Batch:
         except OSError as exc:
             self._record(None, self._bad_input(item.rel, f"unreadable: {exc.strerror}"))
             return
-        key = self._key(item.rel, digest)
-        if not self._twins.claim(key):
-            # Sent in this run, or answered by an earlier one (its first file said which).
-            self._reuse(item.rel, key, in_this_run=key not in self._earlier)
-            return
+        # What identifies the request sent: content, settings, and any per-file values.
+        key = self.inputs.key(item.rel, digest, self.fingerprint)
+        if not self.reuse.claim(item.rel, key):
+            return  # a twin: it has the first image's record
         try:
             self._process(item, key)
         finally:
-            self._twins.release(key)
+            self.reuse.release(key)
 
     def _process(self, item: ImageFile, key: str) -> None:
         entry = self.journal.get(key)
-        if entry is not None and entry.state == Stage.DONE and self._outputs_exist(entry):
-            self._earlier.add(key)
-            self._reuse(item.rel, key)
-            return
-        if entry is not None and entry.state == Stage.FAILED and not self.s.retry_failed:
-            self._earlier.add(key)
-            record = JobRecord.from_dict(entry.record or {"status": Status.FAILED})
-            record.input = item.rel
-            self.recorder.reused(record)
+        if self.reuse.earlier(item.rel, key, entry):
             return
         job = Job(item.rel, key, entry.attempts if entry else 0)
         if entry is not None and entry.in_flight:
@@ -426,7 +377,7 @@ class Batch:
         if self._stop.is_set():
             self.recorder.not_sent()
             return
-        self._ended(job, self.runner.send(job, self.bodies.of(item)))
+        self._ended(job, self.runner.send(job, self.flow.bodies.of(item)))
 
     def _resume_orphan(self, entry: Entry) -> None:
         self._resume(Job(entry.rel, entry.key, entry.attempts or 1), entry)
@@ -436,67 +387,28 @@ class Batch:
         self._ended(job, self.runner.resume(job, entry.job_id,
                                             entry.endpoint or self.endpoints.primary))
 
-    def _outputs_exist(self, entry: Entry) -> bool:
-        outputs = (entry.record or {}).get("outputs") or []
-        return bool(outputs) and all(self.writer.has(o) for o in outputs)
-
-    def _key(self, rel: str, digest: str) -> str:
-        """What identifies the request sent: content, settings, and any per-file values."""
-        return self.inputs.key(rel, digest, self.fingerprint)
-
-    def _reuse(self, rel: str, key: str, in_this_run: bool = False) -> None:
-        """The same request as a job already done (in this run or an earlier one): reuse it."""
-        entry = self.journal.get(key)
-        saved = entry.record if entry is not None else None
-        if entry is None or saved is None:
-            return
-        record = JobRecord.from_dict(saved)
-        if entry.state == Stage.DONE and record.input != rel:
-            try:
-                record.outputs = self.writer.copy_outputs(record.outputs, rel)
-            except (OSError, RpqError) as exc:
-                record = self._failure(rel, f"could not copy the result of {record.input}: "
-                                       f"{exc}", Kind.NO_OUTPUT)
-        twin_of = record.input if in_this_run and record.input != rel else None
-        record.input = rel  # a failure is reported under each copy's own name too
-        self.recorder.reused(record, twin_of=twin_of)
-
     # -- records ----------------------------------------------------------------------------
 
     def _ended(self, job: Job, ending: Ending) -> None:
-        if ending.record is not None and ending.record.queue_time is not None:
-            self.tracker.target = self.concurrency.started(ending.record.queue_time,
-                                                           self.gate.out)
-            self.gate.poke()
         if ending.record is None:
             self.recorder.not_sent()
-        else:
-            # A result that could not be saved stays in flight in the journal: the endpoint
-            # still has it, and a rerun fetches it instead of paying for the image again.
-            self._record(None if ending.refetch else job.key, ending.record)
-
-    def _failure(self, rel: str, error: str, kind: str, attempts: int = 1) -> JobRecord:
-        return JobRecord(input=rel, status=Status.FAILED, error=error, error_kind=kind,
-                         attempts=attempts, timestamp=now_iso(self.wall()))
+            return
+        self.flow.started(ending.record.queue_time)
+        # A result that could not be saved stays in flight in the journal: the endpoint
+        # still has it, and a rerun fetches it instead of paying for the image again.
+        self._record(None if ending.refetch else job.key, ending.record)
 
     def _bad_input(self, rel: str, reason: str) -> JobRecord:
-        return self._failure(rel, reason, Kind.BAD_INPUT, attempts=0)
+        return failure(rel, reason, Kind.BAD_INPUT, self.wall(), attempts=0)
 
     def _record(self, key: str | None, record: JobRecord) -> None:
         reason = self.recorder.record(key, record)
         if reason:
             self._wind_down(reason)
 
-    def _show_health(self, health: dict[str, Any]) -> None:
-        self.tracker.observe_health(health)
-        if isinstance(health, dict):
-            self.tracker.target = self.concurrency.health(health)
-            self.gate.poke()
-
     def _on_retry(self, op: str, exc: BaseException, delay: float) -> None:
         self.recorder.on_retry(op, exc, delay)
-        if isinstance(exc, APIError) and exc.status == 429:
-            self.tracker.target = self.concurrency.throttled()
+        self.flow.retried(exc)
 
 
 __all__ = ["Batch", "BatchResult"]

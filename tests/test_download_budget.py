@@ -93,7 +93,7 @@ def test_url_results_downloading_at_once_stay_within_the_budget(
     for record in result.records:
         (name,) = record.outputs
         assert (tmp_path / "out" / name).read_bytes() in served
-    budget = batch.budget
+    budget = batch.flow.budget
     assert budget.peak >= 2 * len(picture(0))  # the downloads were counted
     assert budget.peak <= budget.limit  # ... and never beyond the budget
     assert budget.waited >= 1  # a download waited in its socket for room
@@ -109,8 +109,8 @@ def test_a_download_without_a_length_is_counted_as_it_arrives(
         result = batch.run()
     assert [r.status for r in result.records] == ["COMPLETED"]
     size = len(picture(int(pictures.asked[0].strip("/").split(".")[0])))
-    assert batch.budget.peak >= 2 * size
-    assert batch.budget.in_use == 0
+    assert batch.flow.budget.peak >= 2 * size
+    assert batch.flow.budget.in_use == 0
 
 
 def test_only_a_job_holding_nothing_waits_for_its_download() -> None:

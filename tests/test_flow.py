@@ -98,9 +98,9 @@ def test_jobs_waiting_on_the_endpoint_hold_no_image_data(
     run = Running(batch_of(src, tmp_path / "out", ep, concurrency=4))
     for _ in range(4):
         assert started.acquire(timeout=30)
-    budget = run.batch.budget
+    budget = run.batch.flow.budget
     # Four jobs out, all waiting on the endpoint: no body, no pixels, nothing counted.
-    wait_for(lambda: run.batch.gate.out == 4 and budget.in_use == 0)
+    wait_for(lambda: run.batch.flow.gate.out == 4 and budget.in_use == 0)
     assert budget.peak > 0  # each was counted while it was prepared and sent
     released.set()
     result = run.finish()
@@ -122,7 +122,7 @@ def test_the_memory_budget_bounds_the_bytes_held_whatever_the_concurrency(
     run = Running(batch)
     result = run.finish()
     assert result.summary["stats"]["completed"] == 24
-    budget = batch.budget
+    budget = batch.flow.budget
     assert budget.waited > 0  # 24 at once would not fit: preparing waited its turn
     # Bodies and pixels never over the limit; the results (about 100 bytes each) on top.
     assert budget.peak <= budget.limit + 24 * 1024
@@ -145,7 +145,7 @@ def test_auto_concurrency_follows_the_workers_down_and_up(
     wait_for(lambda: ep.fleet.health()["workers"]["running"] == 10)
     src = small_images(tmp_path / "in", 150)
     run = Running(batch_of(src, tmp_path / "out", ep))  # --concurrency auto, the default
-    gate = run.batch.gate
+    gate = run.batch.flow.gate
 
     def target() -> int:
         return gate.concurrency.target

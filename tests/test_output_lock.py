@@ -1,8 +1,9 @@
-"""One rpq batch at a time per output folder: a second one says who holds it and exits 2; a
-lock left by a killed run is taken over."""
+"""One rpq batch at a time per output folder: a second one says who holds it and exits 2,
+having read and written nothing there; a lock left by a killed run is taken over."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -13,7 +14,10 @@ from batchkit import batch_args, endpoint_env, in_flight, rpq_process, stop
 from helpers import Gate, wait_for
 from imaging import make_images
 
+from rpq.journal import JOURNAL_NAME, SAVE_EVERY, Journal, index_path
 from rpq.lock import LOCK_NAME
+from rpq.metrics import JobRecord
+from rpq.states import Stage
 
 
 def test_a_second_batch_on_the_same_output_folder_exits_2_naming_the_first(
@@ -42,6 +46,56 @@ def test_a_second_batch_on_the_same_output_folder_exits_2_naming_the_first(
     assert first.returncode == 0, stderr
     assert ep.calls().get("run") == 5  # each image sent once, not once per process
     assert sorted(p.name for p in out.glob("*.png")) == [f"img_{i:03d}.png" for i in range(5)]
+
+
+def folder_bytes(out: Path) -> dict[str, bytes]:
+    """Every file of an output folder, but SQLite's shared-memory file (no data, and readers
+    write in it)."""
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())
+            if p.is_file() and not p.name.endswith("-shm")}
+
+
+def test_a_second_batch_touches_neither_the_journal_nor_its_index(
+        tmp_path: Path, make_endpoint) -> None:
+    gate = Gate(timeout=60)
+    ep = make_endpoint(handler=gate.echo, workers_max=3)
+    src, out = tmp_path / "in", tmp_path / "out"
+    make_images(src, 3)
+    # An output folder with a long history: enough earlier jobs for the journal to keep an
+    # index, which a run reading the journal brings up to date with the lines after it.
+    earlier = SAVE_EVERY + 44
+    with Journal(out / JOURNAL_NAME) as journal:
+        for i in range(earlier):
+            journal.end(f"earlier{i:04d}", JobRecord(input=f"old_{i:04d}.png",
+                                                     status="COMPLETED").to_dict())
+    del journal
+    gc.collect()  # closes its index
+    assert index_path(out / JOURNAL_NAME).exists()
+    first = rpq_process(*batch_args(src, out), env=endpoint_env(ep))
+    second = None
+    try:
+        # The first run's jobs are accepted and held: its journal has lines its index has not.
+        wait_for(lambda: len(gate.started) == 3, timeout=30, message="the first batch's jobs")
+        wait_for(lambda: (out / JOURNAL_NAME).read_bytes().count(b'"event":"submitted"') == 3,
+                 timeout=30, message="the first batch's journal lines")
+        before = folder_bytes(out)
+        second = rpq_process(*batch_args(src, out), env=endpoint_env(ep))
+        _, stderr = second.communicate(timeout=60)
+        assert second.returncode == 2, stderr
+        assert f"pid {first.pid} on host {socket.gethostname()}" in stderr
+        assert folder_bytes(out) == before  # nothing read into the index, nothing written
+        gate.open_all()
+        _, stderr = first.communicate(timeout=60)
+    finally:
+        gate.open_all()
+        stop(first)
+        if second is not None:
+            stop(second)
+    assert first.returncode == 0, stderr
+    assert ep.calls().get("run") == 3
+    journal = Journal(out / JOURNAL_NAME)
+    assert len(journal.entries) == earlier + 3
+    assert all(e.state == Stage.DONE for e in journal.entries.values())
 
 
 def test_the_lock_of_a_killed_batch_is_taken_over(tmp_path: Path, make_endpoint) -> None:
