@@ -308,7 +308,7 @@ def scenario_3(ctx: Context) -> Scenario:
             "metrics.write_metrics builds every job as a dict and the whole document as one "
             "json.dumps(indent=2) string (indent makes json use its pure-Python encoder); "
             "compare the RSS while jobs run. (2) While jobs run, rpq keeps for every image a "
-            "threading.Event in pipeline.Twins (about 1.3 KB each), its JobRecord, the "
+            "threading.Event in reuse.Twins (about 1.3 KB each), its JobRecord, the "
             "journal Entry with a dict copy of that record, a key in Twins._seen and its "
             "output name in ResultWriter._claims"),
         Row("3", f"highest RSS while jobs run, {s.s3_small:,} / {s.s3_large:,} images, MB",
