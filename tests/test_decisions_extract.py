@@ -198,3 +198,62 @@ def test_a_message_without_a_status_is_taken_when_it_is_an_image() -> None:
 def test_the_workers_name_for_an_image(extra: dict[str, object], name: str | None) -> None:
     [artifact] = extract({"image": B64, **extra})
     assert artifact.name == name
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("file:/etc/passwd",
+     "output.image is a file: URL ('file:/etc/passwd'); only http(s) URLs are downloaded"),
+    ("FTP:host/x.png",
+     "output.image is a FTP: URL ('FTP:host/x.png'); only http(s) URLs are downloaded"),
+    ("ftp:host/x.png",
+     "output.image is a ftp: URL ('ftp:host/x.png'); only http(s) URLs are downloaded"),
+    ("s3:bucket/x.png",
+     "output.image is a s3: URL ('s3:bucket/x.png'); only http(s) URLs are downloaded"),
+    ("gs:bucket/x.png",
+     "output.image is a gs: URL ('gs:bucket/x.png'); only http(s) URLs are downloaded"),
+    ("myapp://x/y.png",
+     "output.image is a myapp: URL ('myapp://x/y.png'); only http(s) URLs are downloaded"),
+    # Text that merely starts like a scheme is not a URL: it is refused as text.
+    ("note: hello",
+     "output.image is neither base64, a data URI nor an http(s) URL: 'note: hello'"),
+])
+def test_a_url_rpq_will_not_download_is_named(text: str, message: str) -> None:
+    with pytest.raises(OutputError) as caught:
+        extract({"image": text})
+    assert str(caught.value) == message
+
+
+def test_a_blank_image_in_a_list_is_named() -> None:
+    with pytest.raises(OutputError) as caught:
+        extract({"images": [B64, "  "]})
+    assert str(caught.value) == "output.images[1] is an empty string"
+
+
+def test_a_data_uri_keeps_the_workers_name() -> None:
+    [artifact] = extract({"images": [{"filename": "cut.png",
+                                      "data": "data:image/png;base64," + B64}]})
+    assert artifact.data == png_bytes(0) and artifact.name == "cut.png"
+
+
+@pytest.mark.parametrize(("error", "line"), [
+    ({"error_type": "<class 'requests.exceptions.HTTPError'>", "error_message": "x"},
+     "HTTPError: x"),
+    ({"error_type": 5, "error_message": "x"}, "x"),  # a type that is no text is left out
+    (["café", "ß"], '["café","ß"]'),  # read as written, not as \u escapes
+    ({"error": {"détail": "à"}}, '{"détail":"à"}'),
+])
+def test_more_of_the_workers_error_in_one_line(error: object, line: str) -> None:
+    assert decode_worker_error(error) == line
+
+
+def test_an_error_json_cannot_spell_still_reads_as_one_line() -> None:
+    looped: list[object] = []
+    looped.append(looped)
+    assert decode_worker_error(looped) == "[[...]]"
+    assert decode_worker_error({"error_message": {1}}) == '"{1}"'
+
+
+def test_an_output_key_is_named_in_what_it_selects() -> None:
+    with pytest.raises(OutputError) as caught:
+        extract({"a": {"b": 5}}, "a.b")
+    assert str(caught.value) == "output.a.b is 5, not an image, a base64 string or a URL"

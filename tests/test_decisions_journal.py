@@ -3,8 +3,14 @@ and how a line is written so a crash leaves whole lines."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +18,7 @@ import pytest
 
 from rpq.errors import UsageError
 from rpq.journal import SAVE_EVERY, Entry, Journal, job_key
+from rpq.room import ROOM_SIZE
 
 ANSWER_CANCELLED = {"id": "j1", "status": "CANCELLED"}
 
@@ -389,3 +396,151 @@ def test_a_second_writer_s_lines_are_folded_once(tmp_path: Path) -> None:
     assert len(batch.entries) == SAVE_EVERY + 3
     again = Journal(path)
     assert len(_entry(again).cancels) == 1 and len(again.entries) == SAVE_EVERY + 3
+
+
+# --- more of how lines are written -----------------------------------------------------------
+
+
+def test_the_first_line_makes_the_folders_it_needs(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "j.jsonl"
+    Journal(path).intent("k", "a.png", 1)
+    assert _entry(Journal(path)).state == "intent"
+
+
+def test_times_are_kept_to_the_millisecond(tmp_path: Path) -> None:
+    path = tmp_path / "j.jsonl"
+    with Journal(path) as journal:
+        for i in range(20):
+            journal.intent(f"k{i}", "a.png", 1)
+    times = [json.loads(line)["ts"] for line in path.read_text().splitlines()]
+    assert all(t == round(t, 3) for t in times)
+
+
+def test_a_lost_line_names_the_job_and_why(tmp_path: Path) -> None:
+    path = tmp_path / "j.jsonl"
+    with Journal(path) as journal:
+        journal.lost("k", "j1", "expired")
+    [event] = [json.loads(line) for line in path.read_text().splitlines()]
+    assert event == {"event": "lost", "key": "k", "job_id": "j1", "reason": "expired",
+                     "ts": event["ts"]}
+
+
+def test_an_end_whose_record_names_no_input_is_still_read_back(tmp_path: Path) -> None:
+    path = tmp_path / "j.jsonl"
+    with Journal(path) as journal:
+        journal.intent("k", "a.png", 1)
+        journal.submitted("k", "j1", "ep", "u")
+        journal.end("k", {"status": "COMPLETED"})
+    assert _entry(Journal(path)).state == "done"
+
+
+def test_a_torn_last_line_counts_once_after_the_next_line_ends_it(tmp_path: Path) -> None:
+    path = tmp_path / "j.jsonl"
+    path.write_bytes(b'{"event":"intent","key":"a","rel":"a.png","attempt":1}\n{"event":"end"')
+    journal = Journal(path)
+    assert journal.torn_lines == 1
+    journal.intent("k", "b.png", 1)
+    assert journal.torn_lines == 1
+
+
+def test_a_cancel_written_after_another_writer_s_line_is_noted_once(tmp_path: Path) -> None:
+    path = tmp_path / "j.jsonl"
+    batch = Journal(path)
+    batch.submitted("k", "j1", "ep", "u")
+    Journal(path).intent("x", "x.png", 1)  # another process, between two of our lines
+    batch.cancelled("k", "j1", ANSWER_CANCELLED, "stalled")
+    for journal in _both(path, batch):
+        assert [c["reason"] for c in _entry(journal).cancels] == ["stalled"]
+        assert _entry(journal, "x").state == "intent"
+
+
+# --- a full disk ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _tiny_disk(size: str) -> Iterator[Path]:
+    """A tmpfs of `size` (needs mount rights; the test is skipped without them)."""
+    where = Path(tempfile.mkdtemp(prefix="rpq-journal-full-"))
+    try:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                                  str(where)], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        mounted = False
+    if not mounted:
+        where.rmdir()
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=10)
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def _fill(disk: Path) -> Path:
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    with contextlib.suppress(OSError):
+        while os.write(fd, bytes(1024)):
+            pass
+    os.close(fd)
+    return filler
+
+
+def test_a_full_disk_refuses_a_new_journal_s_first_line() -> None:
+    with _tiny_disk("16k") as disk:
+        _fill(disk)
+        journal = Journal(disk / "j.jsonl")
+        with pytest.raises(OSError) as refused:
+            journal.intent("k", "a.png", 1)
+        assert refused.value.errno == errno.ENOSPC
+        journal.close()
+        assert (disk / "j.jsonl").read_bytes() == b""
+
+
+def test_a_line_the_disk_takes_only_part_of_is_taken_back_whole() -> None:
+    with _tiny_disk("16k") as disk:
+        path = disk / "j.jsonl"
+        journal = Journal(path)
+        journal.intent("a", "a.png", 1)
+        journal.intent("b", "b.png", 1)
+        before = path.read_bytes()
+        _fill(disk)
+        with pytest.raises(OSError) as refused:  # longer than what is left of its page
+            journal.intent("c", "c" * 5000 + ".png", 1)
+        assert str(refused.value) == f"[Errno {errno.ENOSPC}] {os.strerror(errno.ENOSPC)}: " \
+            f"'{path}'"
+        journal.close()
+        assert path.read_bytes() == before
+        assert sorted(e.rel for e in Journal(path).orphans()) == ["a.png", "b.png"]
+
+
+def test_a_full_disk_still_takes_the_lines_of_paid_jobs_from_the_room() -> None:
+    # Once /run has answered the job is paid for: its lines go in whatever filled the disk,
+    # while a new job is refused; with space again, the room is whole before the next job.
+    with _tiny_disk("64k") as disk:
+        path = disk / "j.jsonl"
+        room = disk / "j.room"
+        journal = Journal(path, room=True)
+        keys = [f"k{i:02d}" for i in range(12)]
+        for key in keys:
+            journal.intent(key, f"{key}.png", 1)
+        assert room.stat().st_size == ROOM_SIZE
+        filler = _fill(disk)
+        for key in keys:
+            journal.submitted(key, f"job-{key}", "ep", "http://127.0.0.1")
+            journal.end(key, {"input": f"{key}.png", "status": "COMPLETED",
+                              "outputs": [f"{key}.png" + "x" * 200]})
+        assert room.stat().st_size < ROOM_SIZE
+        with pytest.raises(OSError) as refused:
+            journal.intent("new", "new.png", 1)
+        assert refused.value.errno == errno.ENOSPC
+        filler.unlink()
+        journal.intent("new", "new.png", 1)
+        assert room.stat().st_size == ROOM_SIZE
+        journal.close()
+        assert not room.exists()
+        lines = path.read_bytes().splitlines(keepends=True)
+        assert all(line.endswith(b"\n") and json.loads(line) for line in lines)
+        again = Journal(path)
+        assert all(_entry(again, key).state == "done" for key in keys)
+        assert [e.key for e in again.orphans()] == ["new"]

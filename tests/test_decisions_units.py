@@ -8,6 +8,7 @@ import bisect
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -392,6 +393,22 @@ def test_fsync_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert len(synced) == (2 if fsync else 0)
     atomic_write(tmp_path / "b.png", PNG[0])
     assert len(synced) == (2 if fsync else 0)
+
+
+def test_flushing_a_folder_never_opens_what_is_not_one(tmp_path: Path) -> None:
+    # A folder swapped for a named pipe must not hang the run: opening a pipe to read waits
+    # for a writer, so fsync_folder opens folders only and leaves anything else alone.
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    done = threading.Event()
+    flusher = threading.Thread(target=lambda: (files.fsync_folder(pipe), done.set()),
+                               daemon=True)
+    flusher.start()
+    finished = done.wait(10)
+    if not finished:  # let the stuck open through so the thread ends
+        os.close(os.open(pipe, os.O_WRONLY))
+    flusher.join(10)
+    assert finished
 
 
 def test_the_umask_is_read_without_changing_it() -> None:

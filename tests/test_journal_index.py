@@ -10,13 +10,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import rpq.journal as journal_mod
-from rpq.journal import Journal, index_path
+from rpq.journal import Journal, index_path, job_key
 
 SAVE = 16  # entries per index save in these tests (rpq uses more)
 
@@ -227,3 +228,67 @@ def test_a_copied_folder_keeps_its_index(tmp_path: Path) -> None:
     data[3000:7000] = b"#" * 4000  # a reader that reads it all would see this
     copy.write_bytes(bytes(data))
     assert snapshot(Journal(copy)) == before
+
+
+def test_the_index_is_read_and_written_from_any_thread(tmp_path: Path) -> None:
+    # A batch writes its journal from the thread of each job: the index one thread opened
+    # serves the others.
+    path = tmp_path / ".rpq-journal.jsonl"
+    j = Journal(path)
+    play(j, 2 * SAVE, seed=9)
+    assert index_path(path).exists()
+    failures: list[BaseException] = []
+
+    def more() -> None:
+        try:
+            play(j, 2 * SAVE, seed=10, start=2 * SAVE)
+            assert len(j.entries) == 4 * SAVE
+        except BaseException as exc:  # reported by the test's own thread
+            failures.append(exc)
+
+    worker = threading.Thread(target=more)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive() and failures == []
+    j.close()
+    assert len(Journal(path).entries) == 4 * SAVE
+
+
+def test_every_entry_is_listed_past_the_first_page(tmp_path: Path) -> None:
+    # Real keys are hex digests, many starting with a digit; more than one page of them.
+    path = tmp_path / ".rpq-journal.jsonl"
+    keys = [job_key(f"{i:064x}", "settings") for i in range(600)]
+    with Journal(path) as j:
+        for key in keys:
+            j.intent(key, f"{key}.png", 1)
+    for again in (Journal(path), j):
+        assert sorted(again.entries) == sorted(keys)
+        assert len(again.entries) == 600
+
+
+def test_a_longer_journal_put_in_its_place_is_read_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / ".rpq-journal.jsonl"
+    with Journal(path) as j:
+        play(j, 40)
+    other = tmp_path / "other.jsonl"
+    with Journal(other) as j:
+        play(j, 200, seed=4, start=1000)
+    os.replace(other, path)
+    assert snapshot(Journal(path)) == full_read(path, tmp_path, monkeypatch)
+
+
+def test_the_index_of_a_replaced_journal_is_rebuilt_and_used(tmp_path: Path) -> None:
+    path = tmp_path / ".rpq-journal.jsonl"
+    with Journal(path) as j:
+        play(j, 150)
+    other = tmp_path / "other.jsonl"
+    with Journal(other) as j:
+        play(j, 100, seed=5, start=500)
+    os.replace(other, path)
+    Journal(path).close()  # reads it whole once, and indexes it afresh
+    before = snapshot(Journal(path))
+    data = bytearray(path.read_bytes())
+    data[3000:7000] = b"#" * 4000  # a reader that reads it all would see this
+    path.write_bytes(bytes(data))
+    assert snapshot(Journal(path)) == before
