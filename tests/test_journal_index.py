@@ -292,3 +292,14 @@ def test_the_index_of_a_replaced_journal_is_rebuilt_and_used(tmp_path: Path) -> 
     data[3000:7000] = b"#" * 4000  # a reader that reads it all would see this
     path.write_bytes(bytes(data))
     assert snapshot(Journal(path)) == before
+
+
+def test_the_index_is_private_to_its_owner(tmp_path: Path) -> None:
+    path = tmp_path / ".rpq-journal.jsonl"
+    old = os.umask(0)
+    try:
+        with Journal(path) as j:
+            play(j, SAVE + 1)
+    finally:
+        os.umask(old)
+    assert index_path(path).stat().st_mode & 0o777 == 0o600
