@@ -239,6 +239,7 @@ def test_a_data_uri_keeps_the_workers_name() -> None:
     ({"error_type": "<class 'requests.exceptions.HTTPError'>", "error_message": "x"},
      "HTTPError: x"),
     ({"error_type": 5, "error_message": "x"}, "x"),  # a type that is no text is left out
+    ({"error_message": "", "error": "boom"}, "boom"),  # an empty field is passed over
     (["café", "ß"], '["café","ß"]'),  # read as written, not as \u escapes
     ({"error": {"détail": "à"}}, '{"détail":"à"}'),
 ])
