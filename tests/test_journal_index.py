@@ -303,3 +303,11 @@ def test_the_index_is_private_to_its_owner(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert index_path(path).stat().st_mode & 0o777 == 0o600
+
+
+def test_the_index_sits_beside_the_journal(tmp_path: Path) -> None:
+    folder = tmp_path / "out"
+    with Journal(folder / ".rpq-journal.jsonl") as j:
+        play(j, SAVE + 1)
+    assert sorted(p.name for p in folder.iterdir() if not p.name.endswith(("-wal", "-shm"))) \
+        == [".rpq-journal.index", ".rpq-journal.jsonl"]
