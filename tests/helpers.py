@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import subprocess
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, TypeVar
+
+import pytest
 
 T = TypeVar("T")
 
@@ -191,3 +198,22 @@ class Gate:
             events = list(self._events.values())
         for event in events:
             event.set()
+
+
+@contextlib.contextmanager
+def tiny_tmpfs(size: str) -> Iterator[Path]:
+    """A tmpfs of `size`, for a full disk (needs mount rights; the test is skipped without)."""
+    where = Path(tempfile.mkdtemp(prefix="rpq-full-"))
+    try:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                                  str(where)], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        mounted = False
+    if not mounted:
+        where.rmdir()
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=10)
+        shutil.rmtree(where, ignore_errors=True)

@@ -9,12 +9,9 @@ import errno
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +27,7 @@ from chaoskit import (
     output_files,
     restart_endpoint,
 )
-from helpers import wait_for
+from helpers import tiny_tmpfs, wait_for
 from imaging import make_images
 
 from rpq.journal import JOURNAL_NAME, Journal
@@ -67,25 +64,6 @@ def test_writes_that_fail_lose_no_paid_result(tmp_path: Path) -> None:
     assert outcome.figures["unsaved_first"] == 4 and outcome.figures["resent"] == 0
 
 
-@contextlib.contextmanager
-def _tiny_tmpfs(size: str) -> Iterator[Path]:
-    """A small tmpfs (needs mount rights; the test is skipped without them)."""
-    where = Path(tempfile.mkdtemp(prefix="rpq-full-"))
-    try:
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
-                                  str(where)], capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        mounted = False
-    if not mounted:
-        where.rmdir()
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=10)
-        shutil.rmtree(where, ignore_errors=True)
-
-
 @pytest.mark.timeout(90)
 def test_a_full_disk_is_reported_and_a_rerun_finishes(tmp_path: Path, make_endpoint: Any
                                                       ) -> None:
@@ -94,7 +72,7 @@ def test_a_full_disk_is_reported_and_a_rerun_finishes(tmp_path: Path, make_endpo
     src = tmp_path / "in"
     src.mkdir()
     images = {f"n{i:02d}.png": noise_png(src / f"n{i:02d}.png", 90, i) for i in range(30)}
-    with _tiny_tmpfs("400k") as disk:
+    with tiny_tmpfs("400k") as disk:
         out = disk / "out"
         exe = Path(sys.executable).with_name("rpq")
         child = subprocess.run([str(exe), *map(str, batch_args(src, out))],
@@ -131,7 +109,7 @@ def test_a_full_disk_is_reported_and_a_rerun_finishes(tmp_path: Path, make_endpo
 def test_a_full_disk_still_takes_the_lines_of_jobs_already_paid_for() -> None:
     # Once /run has answered, the job's lines must reach the journal whatever filled the disk
     # meanwhile, or a rerun would pay for the image again; a new job is refused instead.
-    with _tiny_tmpfs("64k") as disk:
+    with tiny_tmpfs("64k") as disk:
         journal = Journal(disk / JOURNAL_NAME, room=True)
         keys = [f"k{i:02d}" for i in range(30)]
         for key in keys:

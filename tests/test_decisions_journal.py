@@ -7,14 +7,11 @@ import contextlib
 import errno
 import json
 import os
-import shutil
-import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import tiny_tmpfs
 
 from rpq.errors import UsageError
 from rpq.journal import SAVE_EVERY, Entry, Journal, job_key
@@ -457,25 +454,6 @@ def test_a_cancel_written_after_another_writer_s_line_is_noted_once(tmp_path: Pa
 # --- a full disk ------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _tiny_disk(size: str) -> Iterator[Path]:
-    """A tmpfs of `size` (needs mount rights; the test is skipped without them)."""
-    where = Path(tempfile.mkdtemp(prefix="rpq-journal-full-"))
-    try:
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
-                                  str(where)], capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        mounted = False
-    if not mounted:
-        where.rmdir()
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=10)
-        shutil.rmtree(where, ignore_errors=True)
-
-
 def _fill(disk: Path) -> Path:
     filler = disk / "filler"
     fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
@@ -487,7 +465,7 @@ def _fill(disk: Path) -> Path:
 
 
 def test_a_full_disk_refuses_a_new_journal_s_first_line() -> None:
-    with _tiny_disk("16k") as disk:
+    with tiny_tmpfs("16k") as disk:
         _fill(disk)
         journal = Journal(disk / "j.jsonl")
         with pytest.raises(OSError) as refused:
@@ -498,7 +476,7 @@ def test_a_full_disk_refuses_a_new_journal_s_first_line() -> None:
 
 
 def test_a_line_the_disk_takes_only_part_of_is_taken_back_whole() -> None:
-    with _tiny_disk("16k") as disk:
+    with tiny_tmpfs("16k") as disk:
         path = disk / "j.jsonl"
         journal = Journal(path)
         journal.intent("a", "a.png", 1)
@@ -517,7 +495,7 @@ def test_a_line_the_disk_takes_only_part_of_is_taken_back_whole() -> None:
 def test_a_full_disk_still_takes_the_lines_of_paid_jobs_from_the_room() -> None:
     # Once /run has answered the job is paid for: its lines go in whatever filled the disk,
     # while a new job is refused; with space again, the room is whole before the next job.
-    with _tiny_disk("64k") as disk:
+    with tiny_tmpfs("64k") as disk:
         path = disk / "j.jsonl"
         room = disk / "j.room"
         journal = Journal(path, room=True)
