@@ -17,7 +17,7 @@ PYTEST := -m pytest -n $(TEST_JOBS) --dist worksteal
 EXTRA_PYTEST ?= -m "not slow" --ignore=tests/test_chaos.py --ignore=tests/test_crashes.py \
 	--ignore=tests/test_bench_smoke.py --ignore=tests/test_serve_bench.py -q
 
-.PHONY: run test test-extra lint bench chaos serve clean images mutants docs-images
+.PHONY: run test test-extra lint bench chaos serve clean images mutants docs-images streak
 .PRECIOUS: .venv-%/.installed
 
 $(STAMP): pyproject.toml
@@ -60,6 +60,16 @@ bench: $(STAMP)
 
 chaos: $(STAMP)
 	$(BIN)/python bench/chaos.py
+
+# The 3.11 suite RUNS times in a row (default 20), stopping at the first failure, whose log
+# it prints: how a flaky test is found. Not part of `test`.
+RUNS ?= 20
+streak: $(STAMP)
+	@for i in $$(seq 1 $(RUNS)); do \
+		if $(BIN)/python $(PYTEST) -q -p no:cacheprovider > "$${TMPDIR:-/tmp}/rpq-streak.log" 2>&1; \
+		then echo "run $$i of $(RUNS): $$(tail -1 "$${TMPDIR:-/tmp}/rpq-streak.log")"; \
+		else tail -60 "$${TMPDIR:-/tmp}/rpq-streak.log"; echo "run $$i of $(RUNS) failed"; exit 1; fi; \
+	done
 
 # Mutation testing of the modules whose decisions are pinned (TESTING.md); not part of `test`.
 # report.py: only its SLA. Fresh each time, so the score is that of the tree as it is.
