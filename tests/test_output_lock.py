@@ -8,7 +8,10 @@ import json
 import os
 import signal
 import socket
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from batchkit import batch_args, endpoint_env, in_flight, rpq_process, stop
 from helpers import Gate, wait_for
@@ -20,22 +23,21 @@ from rpq.metrics import JobRecord
 from rpq.states import Stage
 
 
-def test_a_second_batch_on_the_same_output_folder_exits_2_naming_the_first(
-        tmp_path: Path, make_endpoint) -> None:
-    gate = Gate(timeout=60)
-    ep = make_endpoint(handler=gate.echo, workers_max=2)
-    src, out = tmp_path / "in", tmp_path / "out"
-    make_images(src, 5)
-    first = rpq_process(*batch_args(src, out), env=endpoint_env(ep))
+def second_run_while_held(first: subprocess.Popen[str], src: Path, out: Path, ep: Any,
+                          gate: Gate, held: Callable[[], bool],
+                          before: Callable[[], None] = lambda: None,
+                          untouched: Callable[[], bool] = lambda: True) -> str:
+    """Once `held()`, a second batch on `out` exits 2 naming `first`, which then ends well;
+    returns the second's stderr. `untouched()` is asserted right after the second ends."""
     second = None
     try:
-        wait_for(lambda: in_flight(out) >= 2, timeout=30, message="the first batch's jobs")
+        wait_for(held, timeout=30, message="the first batch's jobs held")
+        before()
         second = rpq_process(*batch_args(src, out), env=endpoint_env(ep))
-        _, stderr = second.communicate(timeout=60)
-        assert second.returncode == 2, stderr
-        assert stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
-        assert f"{out} is in use by another rpq batch" in stderr
-        assert f"pid {first.pid} on host {socket.gethostname()}" in stderr
+        _, refused = second.communicate(timeout=60)
+        assert second.returncode == 2, refused
+        assert f"pid {first.pid} on host {socket.gethostname()}" in refused
+        assert untouched()  # nothing read into the index, nothing written
         gate.open_all()
         _, stderr = first.communicate(timeout=60)
     finally:
@@ -44,6 +46,19 @@ def test_a_second_batch_on_the_same_output_folder_exits_2_naming_the_first(
         if second is not None:
             stop(second)
     assert first.returncode == 0, stderr
+    return refused
+
+
+def test_a_second_batch_on_the_same_output_folder_exits_2_naming_the_first(
+        tmp_path: Path, make_endpoint) -> None:
+    gate = Gate(timeout=60)
+    ep = make_endpoint(handler=gate.echo, workers_max=2)
+    src, out = tmp_path / "in", tmp_path / "out"
+    make_images(src, 5)
+    first = rpq_process(*batch_args(src, out), env=endpoint_env(ep))
+    refused = second_run_while_held(first, src, out, ep, gate, lambda: in_flight(out) >= 2)
+    assert refused.count("\n") == 1 and "Traceback" not in refused, refused
+    assert f"{out} is in use by another rpq batch" in refused
     assert ep.calls().get("run") == 5  # each image sent once, not once per process
     assert sorted(p.name for p in out.glob("*.png")) == [f"img_{i:03d}.png" for i in range(5)]
 
@@ -72,26 +87,16 @@ def test_a_second_batch_touches_neither_the_journal_nor_its_index(
     gc.collect()  # closes its index
     assert index_path(out / JOURNAL_NAME).exists()
     first = rpq_process(*batch_args(src, out), env=endpoint_env(ep))
-    second = None
-    try:
+
+    def held() -> bool:
         # The first run's jobs are accepted and held: its journal has lines its index has not.
-        wait_for(lambda: len(gate.started) == 3, timeout=30, message="the first batch's jobs")
-        wait_for(lambda: (out / JOURNAL_NAME).read_bytes().count(b'"event":"submitted"') == 3,
-                 timeout=30, message="the first batch's journal lines")
-        before = folder_bytes(out)
-        second = rpq_process(*batch_args(src, out), env=endpoint_env(ep))
-        _, stderr = second.communicate(timeout=60)
-        assert second.returncode == 2, stderr
-        assert f"pid {first.pid} on host {socket.gethostname()}" in stderr
-        assert folder_bytes(out) == before  # nothing read into the index, nothing written
-        gate.open_all()
-        _, stderr = first.communicate(timeout=60)
-    finally:
-        gate.open_all()
-        stop(first)
-        if second is not None:
-            stop(second)
-    assert first.returncode == 0, stderr
+        return (len(gate.started) == 3 and (out / JOURNAL_NAME).read_bytes()
+                .count(b'"event":"submitted"') == 3)
+
+    before: dict[str, bytes] = {}
+    second_run_while_held(first, src, out, ep, gate, held,
+                          lambda: before.update(folder_bytes(out)),
+                          lambda: folder_bytes(out) == before)
     assert ep.calls().get("run") == 3
     journal = Journal(out / JOURNAL_NAME)
     assert len(journal.entries) == earlier + 3
