@@ -111,7 +111,8 @@ def made_once(folder: Path, names: list[str], make: Callable[[int, Path], None])
 
 
 #: Camera sizes: megapixels -> (width, height), 3:2 like most camera sensors.
-PHOTO_SIZES = {2: (1800, 1200), 12: (4200, 2800), 24: (6000, 4000)}
+PHOTO_SIZES = {"2 MP": (1800, 1200), "12 MP": (4200, 2800), "12 MP phone": (4032, 3024),
+               "24 MP": (6000, 4000)}
 
 
 def photo_bytes(seed: int, size: tuple[int, int]) -> bytes:
@@ -131,15 +132,18 @@ def photo_bytes(seed: int, size: tuple[int, int]) -> bytes:
     return tmp.getvalue()
 
 
-def photo_set(cache: Path, count: int, megapixels: int) -> Path:
-    """A folder of `count` distinct camera-size JPEGs; made once, then reused."""
+def photo_set(cache: Path, count: int, kind: str) -> Path:
+    """A folder of `count` distinct camera-size JPEGs of a PHOTO_SIZES kind; made once, then
+    reused."""
+    megapixels = int(kind.split()[0])
 
     def photo(n: int, target: Path) -> None:
         tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_bytes(photo_bytes(1000 * megapixels + n, PHOTO_SIZES[megapixels]))
+        tmp.write_bytes(photo_bytes(1000 * megapixels + n, PHOTO_SIZES[kind]))
         os.replace(tmp, target)
 
-    return made_once(cache / f"photos-{megapixels}mp-{count}",
+    name = kind.lower().replace(" mp", "mp").replace(" ", "-")
+    return made_once(cache / f"photos-{name}-{count}",
                      [f"photo{n:03d}.jpg" for n in range(count)], photo)
 
 

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageStat
 
 from rpq.errors import InputError
 from rpq.extract import OutputError, _b64decode
-from rpq.images import ImageFile, prepare
+from rpq.images import JPEG_QUALITY, ImageFile, prepare
 from rpq.write import ResultWriter
 
 # Pillow allocates pixels in blocks of this many bytes (at most); its counters are per process.
@@ -84,6 +85,74 @@ def test_max_side_decodes_near_the_target_and_frees_everything(
     # Decoded at 1/2 (2000 x 1500, 12 MB) and resized: no block of the full-size decode.
     assert blocks.allocated <= 3
     assert blocks.freed == blocks.allocated
+
+
+@pytest.fixture
+def pillow_blocks() -> Iterator[int]:
+    """Pixel blocks of 4 MB and no pool for one test (a batch that re-encodes sets 1 MB
+    blocks for the whole process); returns the block size."""
+    size, kept = Image.core.get_block_size(), Image.core.get_blocks_max()
+    Image.core.set_blocks_max(0)
+    Image.core.set_block_size(4 << 20)
+    yield 4 << 20
+    Image.core.set_block_size(size)
+    Image.core.set_blocks_max(kept)
+
+
+def lines_and_text(size: tuple[int, int]) -> bytes:
+    """A JPEG of lines and small text, as sharp as a camera gives them (a slight blur), where
+    a soft resize shows."""
+    im = Image.new("RGB", size, (200, 190, 170))
+    draw = ImageDraw.Draw(im)
+    w, h = size
+    for i in range(300):
+        x, y = (i * 7919) % w, (i * 104729) % h
+        draw.line((x, y, x + (i * 31) % 800 - 400, y + (i * 17) % 800 - 400),
+                  fill=((i * 37) % 256, (i * 91) % 256, (i * 53) % 256), width=1 + i % 4)
+        draw.text(((i * 613) % w, (i * 389) % h), "The quick brown fox 0123", fill=(0, 0, 0))
+    buf = io.BytesIO()
+    im.filter(ImageFilter.GaussianBlur(0.6)).save(buf, "JPEG", quality=92)
+    return buf.getvalue()
+
+
+def psnr(a: Image.Image, b: Image.Image) -> float:
+    rms = ImageStat.Stat(ImageChops.difference(a.convert("RGB"), b.convert("RGB"))).rms
+    return 10 * math.log10(255 ** 2 / (sum(x * x for x in rms) / 3))
+
+
+def test_a_phone_photo_just_over_twice_the_target_is_not_decoded_in_full(
+    tmp_path: Path, pillow_blocks: int
+) -> None:
+    # 4032 x 3024, a 12 MP phone photo, for --max-side 2048: libjpeg's 1/2 scale gives
+    # 2016 x 1512, 1.6% short of the target. A full decode alone would be 49 MB, 12 blocks;
+    # the scaled decode and the two passes of the resize are about 12 MB, 3 blocks, each.
+    data = lines_and_text((4032, 3024))
+    blocks = Blocks()
+    prepared = prepare(image_file(tmp_path, data), max_side=2048)
+    assert (prepared.width, prepared.height) == (2048, 1536)
+    assert blocks.allocated <= 3 * 3 < 4032 * 3024 * 4 // pillow_blocks
+    assert blocks.freed == blocks.allocated
+    # And no softer than the full decode shrunk with bilinear and encoded the same way: both
+    # against LANCZOS of the full decode.
+    with Image.open(io.BytesIO(data)) as full:
+        full.load()
+        reference = full.resize((2048, 1536), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        full.resize((2048, 1536), Image.Resampling.BILINEAR).save(
+            buf, "JPEG", quality=JPEG_QUALITY)
+    with Image.open(io.BytesIO(prepared.data)) as out, Image.open(buf) as bilinear:
+        # 37.1 and 37.05 dB; a bilinear upscale of the scaled decode would give 35.9.
+        assert psnr(out, reference) >= psnr(bilinear, reference) - 0.5
+
+
+def test_a_photo_far_short_at_a_smaller_scale_is_decoded_at_the_larger_one(
+    tmp_path: Path, pillow_blocks: int
+) -> None:
+    # 3600 x 2400 for 2048: 1/2 scale (1800) is 12% short, too far to scale up.
+    blocks = Blocks()
+    prepared = prepare(image_file(tmp_path, photo((3600, 2400))), max_side=2048)
+    assert (prepared.width, prepared.height) == (2048, 1365)
+    assert blocks.allocated >= 3600 * 2400 * 4 // pillow_blocks  # the full decode, 35 MB
 
 
 def cut_points(size: int) -> Iterator[int]:

@@ -63,11 +63,17 @@ def test_a_jpeg_decoded_from_its_file_keeps_every_bad_input_check(tmp_path: Path
     assert ok.digest == hashlib.sha256(data).hexdigest()
 
 
-def test_the_resize_in_two_passes_gives_the_pixels_of_one_call() -> None:
-    src = Image.open(io.BytesIO(photo((2100, 1400), 4)))
+@pytest.mark.parametrize(("decoded", "target", "how"), [
+    ((2100, 1400), (2048, 1365), Image.Resampling.BILINEAR),  # a 4200 x 2800 photo at 1/2
+    ((2016, 1512), (2048, 1536), Image.Resampling.LANCZOS),  # 4032 x 3024: a little short
+])
+def test_the_resize_in_two_passes_gives_the_pixels_of_one_call(
+    decoded: tuple[int, int], target: tuple[int, int], how: Image.Resampling
+) -> None:
+    src = Image.open(io.BytesIO(photo(decoded, 4)))
     src.load()
-    expected = src.resize((2048, 1365), Image.Resampling.BILINEAR)
-    got = _shrink(src.copy(), (2048, 1365))
+    expected = src.resize(target, how)
+    got = _shrink(src.copy(), target)
     assert got.size == expected.size and got.tobytes() == expected.tobytes()
 
 
