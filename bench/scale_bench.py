@@ -254,13 +254,13 @@ def scenario_cpu(ctx: Context) -> Scenario:
     sc.notes.append(
         "With --max-side, rpq decodes a JPEG at the libjpeg scale nearest the target (1/2 for "
         "every size here), straight from the file, and reuses the digest it made for the "
-        "journal key. The scale may land up to 1/32 short of the target: the phone photo's "
-        "1/2 scale is 2016 x 1512 for 2048, scaled up the rest with LANCZOS (before, it was "
-        "decoded in full and shrunk by half: about 40% more CPU). The two passes of the resize "
-        "run one after the other; at most one photo per CPU is prepared at a time, and Pillow "
-        "keeps freed pixel blocks for the next one (in a quarter of the memory budget at "
-        "most), instead of mapping and faulting in fresh memory for each of the three images "
-        "a resize makes. A shrink is bilinear: BOX (area averaging) would save 5-11 ms per "
+        "journal key. The scale may land up to 1/32 short of the target: the phone photo's 1/2 "
+        "scale is 2016 x 1512 for 2048, scaled up the rest with LANCZOS (before, it was decoded"
+        " in full and shrunk by half: a quarter more CPU to prepare). The two passes of the "
+        "resize run one after the other; at most one photo per CPU is prepared at a time, and "
+        "Pillow keeps freed pixel blocks for the next one (in a quarter of the memory budget at"
+        " most), instead of mapping and faulting in fresh memory for each of the three images a"
+        " resize makes. A shrink is bilinear: BOX (area averaging) would save 5-11 ms per "
         "photo, but lands 7 dB of PSNR further from a LANCZOS resize of the full decode (38 "
         "against 46 dB at 12 MP).")
     return sc
