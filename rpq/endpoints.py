@@ -21,6 +21,9 @@ from rpq.submit import Caller
 #: Seconds between two looks at the primary endpoint's /health while a batch runs.
 HEALTH_EVERY = 5.0
 
+#: Most seconds a run's end waits for the cancels a stop has started (see Endpoints.settle).
+CANCEL_SETTLE = 10.0
+
 #: A job rpq is waiting for: (job id, journal key, endpoint).
 Live = tuple[str, str, str]
 
@@ -51,6 +54,7 @@ class Endpoints:
         self._lock = threading.Lock()
         self._live: dict[str, tuple[str, str, str]] = {}  # job id -> (key, status, endpoint)
         self._moving: set[str] = set()  # job ids to move to the fallback endpoint
+        self._cancelling: list[threading.Thread] = []
 
     def caller(self, endpoint: str) -> Caller:
         """The caller for a job's endpoint; the primary's for one no longer configured."""
@@ -125,8 +129,23 @@ class Endpoints:
 
     def cancel_later(self, targets: list[Live], reason: str, *, queued_only: bool) -> None:
         """Cancel jobs from a thread of their own: a stop must not wait on the network."""
-        threading.Thread(target=self._cancel_all, args=(targets, reason, queued_only),
-                         daemon=True).start()
+        thread = threading.Thread(target=self._cancel_all, args=(targets, reason, queued_only),
+                                  name="rpq-cancel", daemon=True)
+        with self._lock:
+            self._cancelling.append(thread)
+        thread.start()
+
+    def settle(self, timeout: float = CANCEL_SETTLE) -> None:
+        """Wait, `timeout` seconds at most in all, for the cancels started so far to answer.
+
+        A job's poll can see it cancelled before the cancel's own answer is read: without
+        this, the run could close its journal and exit with that cancel still unrecorded.
+        """
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            threads = list(self._cancelling)
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _cancel_all(self, targets: list[Live], reason: str, queued_only: bool) -> None:
         for job_id, key, endpoint in targets:

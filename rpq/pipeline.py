@@ -256,6 +256,7 @@ class Batch:
             finally:
                 done.set()
                 self.reporter.stop()
+                self.endpoints.settle()  # the cancels of a stop are journaled before it closes
                 self.journal.close()
             summary = self.recorder.finish(
                 started_wall, interrupted=self.interrupted, stop_reason=self.stop_reason,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from endpointkit import FakeEndpoint, FakeJob
 from helpers import Gate, wait_for
 
 from rpq.api import RunPodClient
@@ -99,3 +101,37 @@ def test_an_ended_job_is_fetched_and_a_running_one_is_not(
     ended = eps.fetch_ended(job_id, "gone")
     assert ended is not None and ended["status"] == Status.COMPLETED and ended["id"] == job_id
     assert eps.cancel("k", job_id, "primary", "too late") == Status.COMPLETED
+
+
+def test_the_end_of_a_run_waits_for_a_cancel_still_waiting_on_its_answer(
+    tmp_path: Path
+) -> None:
+    # A job's poll can see it cancelled before the cancel's own answer is read; the run must
+    # not close its journal and exit before that answer is recorded.
+    asked, answer = threading.Event(), threading.Event()
+
+    def script(op: str, job: FakeJob | None) -> None:
+        if op == "cancel":
+            asked.set()
+            answer.wait(60)
+
+    fake = FakeEndpoint(script)
+    try:
+        journal = Journal(tmp_path / "j")
+        one = Caller(RunPodClient(fake.base_url, fake.endpoint_id, None), Limiters(None),
+                     max_retries=0)
+        eps = Endpoints({"ep": one}, journal, say=lambda _: None, wall=lambda: 0.0)
+        job_id = str(one.submit(b'{"input": {"image": "x"}}')["id"])
+        journal.submitted("k", job_id, "ep", fake.base_url)
+        eps.cancel_later([(job_id, "k", "ep")], "interrupted", queued_only=False)
+        assert asked.wait(60)
+        settled = threading.Event()
+        threading.Thread(target=lambda: (eps.settle(), settled.set()), daemon=True).start()
+        assert not settled.wait(0.5)  # no answer yet: the end waits
+        answer.set()
+        assert settled.wait(60)
+        entry = journal.get("k")
+        assert entry is not None and entry.state == Stage.CANCELLED
+    finally:
+        answer.set()
+        fake.stop()
