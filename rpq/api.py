@@ -61,11 +61,21 @@ class Reply:
     json: bool = True  # False: the body was not JSON (an HTML page, plain text, nothing)
 
 
-def _parse(resp: requests.Response) -> tuple[Any, bool]:
+def _parse(body: bytes) -> tuple[Any, bool]:
     try:
-        return resp.json(), True
+        return json.loads(body), True  # JSON is UTF-8 (RFC 8259); json tells UTF-16/32 too
     except ValueError:
-        return {"text": _plain(resp.text.strip())[:500]}, False
+        return {"text": _plain(body.decode("utf-8", "replace").strip())[:500]}, False
+
+
+#: Bytes asked of the socket per read of an answer. requests reads 10 KB at a time: a hundred
+#: trips through its and urllib3's layers per MB of result, twice the CPU of reading it.
+_READ_CHUNK = 256 << 10
+
+
+def _body(resp: requests.Response) -> bytes:
+    """The whole body of a streamed answer (requests' errors, as `resp.content` raises them)."""
+    return b"".join(resp.iter_content(_READ_CHUNK))
 
 
 _TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
@@ -282,13 +292,12 @@ class RunPodClient:
                 params=params,
                 headers=headers,
                 timeout=timeout or self.timeout,
-                stream=hook is not None,
+                stream=True,
             )
-            if hook is not None:
-                length = resp.headers.get("Content-Length", "")
-                if length.isdigit() and int(length) >= BIG_BODY:
-                    hook(int(length))  # may wait: the answer stays in the socket meanwhile
-                resp.content  # noqa: B018 - read the body here, where its errors are mapped
+            length = resp.headers.get("Content-Length", "")
+            if hook is not None and length.isdigit() and int(length) >= BIG_BODY:
+                hook(int(length))  # may wait: the answer stays in the socket meanwhile
+            raw = _body(resp)  # read here, where its errors are mapped
         except requests.RequestException as exc:
             log.debug("%s %s/%s failed: %s", method, self.endpoint_id, path.lstrip("/"),
                       type(exc).__name__)
@@ -296,8 +305,8 @@ class RunPodClient:
             raise TransportError(f"{op}: {type(exc).__name__}: {_short_cause(exc)}") from None
         log.debug("%s %s/%s %d %.0f ms", method, self.endpoint_id, path.lstrip("/"),
                   resp.status_code, (time.perf_counter() - started) * 1000)
-        body, is_json = _parse(resp)
-        if resp.status_code == 404 and not is_json and _is_html(resp):
+        body, is_json = _parse(raw)
+        if resp.status_code == 404 and not is_json and _is_html(resp, raw):
             # RunPod's own 404s (unknown endpoint, expired job) are not web pages: a web
             # server or proxy is answering where the API should be.
             raise self._not_runpod(path, 404, _text_of(body), body)
@@ -311,9 +320,9 @@ class RunPodClient:
         return Reply(resp.status_code, body, is_json)
 
 
-def _is_html(resp: requests.Response) -> bool:
+def _is_html(resp: requests.Response, raw: bytes) -> bool:
     kind = resp.headers.get("Content-Type", "").lower()
-    return "html" in kind or resp.text.lstrip()[:1] == "<"
+    return "html" in kind or raw.lstrip()[:1] == b"<"
 
 
 def _short_cause(exc: BaseException) -> str:

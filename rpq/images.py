@@ -730,17 +730,17 @@ def _reencode(
         new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
         if im.format in ("JPEG", "MPO"):
             # libjpeg decodes at 1/2, 1/4 or 1/8 scale: its scaled inverse DCT averages each
-            # block, a clean downscale, and the resize below finishes the job. The scale may
-            # land a little short of the target (see _near): a 12 MP phone photo, 4032 x 3024,
-            # is decoded at 2016 x 1512 for 2048, not in full. The whole stream is still read,
-            # so truncation is caught as at full size.
+            # block, a clean downscale, and the resize below finishes the job. A scale that
+            # lands at most 1/32 under the target is sent as it is (see _near): a 12 MP phone
+            # photo, 4032 x 3024, becomes 2016 x 1512 for 2048, with no resize at all. The
+            # whole stream is still read, so truncation is caught as at full size.
             im.draft(None, (_near(new_size[0]), _near(new_size[1])))
     _load(im)
 
     frame = _normalise_mode(im, out_kind)
     if frame is not im:
         im.close()  # the decoded original is not needed once converted
-    if new_size is not None and frame.size != new_size:
+    if max_side is not None and max(frame.size) > max_side and new_size is not None:
         frame = _shrink(frame, new_size)
     frame = _upright(frame, orientation)
 
@@ -764,14 +764,13 @@ def _reencode(
 
 
 def _near(target: int) -> int:
-    """The fewest pixels a scaled JPEG decode may have for a resize to `target`: 1/32 short.
+    """The fewest pixels a scaled JPEG decode may have for `target`: 1/32 under it.
 
-    Decoding at the smaller scale and scaling the last 3% up (LANCZOS) takes 30% less CPU
-    than decoding in full and shrinking by half (a fifth less for all of `prepare`). On
-    camera-sharp lines and text it lands as close to a LANCZOS resize of the full decode as a
-    bilinear shrink of the full decode does (37 dB PSNR each, JPEG-encoded); on fine grain
-    4-5 dB further (45 against 49), as the 1/2 decodes that need no upscale already are.
-    Further short, the lost detail would show.
+    A scale that lands there is sent as it is: the long side stays within --max-side, and a
+    scaled decode holds as much detail as any resize of the full decode to its size would
+    (closer to LANCZOS than a bilinear shrink of the full decode is), for half the CPU of
+    decoding in full and shrinking. Scaling it up the last 3% would add pixels, not detail,
+    for as much CPU again. Further short, the lost detail would show.
     """
     return max(1, target - target // 32)
 
@@ -786,15 +785,11 @@ def _shrink(frame: Image.Image, new_size: tuple[int, int]) -> Image.Image:
         # LANCZOS: on a 12 MP photo, this step would otherwise cost as much as decoding.
         # (BOX, area averaging, would save a fifth of this step's CPU, but lands 7 dB of PSNR
         # further from a LANCZOS resize of the full decode than bilinear does: 38 against
-        # 46 dB on a 12 MP photo.) A scaled decode a little short of the target (_near) is
-        # scaled up with LANCZOS, which keeps its edges where bilinear would soften them.
-        # The two passes run one at a time, the decoded image freed between them: the same
-        # pixels out, a third less memory held at the peak.
-        up = frame.width < new_size[0] or frame.height < new_size[1]
-        how = Image.Resampling.LANCZOS if up else Image.Resampling.BILINEAR
-        wide = frame.resize((new_size[0], frame.height), how)
+        # 46 dB on a 12 MP photo.) The two passes run one at a time, the decoded image freed
+        # between them: the same pixels out, a third less memory held at the peak.
+        wide = frame.resize((new_size[0], frame.height), Image.Resampling.BILINEAR)
         frame.close()
-        smaller = wide.resize(new_size, how)
+        smaller = wide.resize(new_size, Image.Resampling.BILINEAR)
         wide.close()
         return smaller
     # Box-reduce to within 3x of the target first: about LANCZOS quality, far less CPU.

@@ -247,7 +247,8 @@ class BatchSettings:
         help="ComfyUI workflow (API format) for a worker-comfyui endpoint.")
     max_side: int | None = option(
         "--max-side", default=None, min=16, metavar="PX", group=REQUEST,
-        help="Downscale so the long side is at most PX before sending.")
+        help="Downscale so the long side is at most PX before sending (a JPEG may land up "
+        "to 1/32 under PX, at the decoder's own scale).")
     fmt: str | None = option(
         "--format", default=None, metavar="png|jpeg|webp", group=REQUEST, parse=_format,
         help="Re-encode before sending.")

@@ -63,16 +63,16 @@ def test_a_jpeg_decoded_from_its_file_keeps_every_bad_input_check(tmp_path: Path
     assert ok.digest == hashlib.sha256(data).hexdigest()
 
 
-@pytest.mark.parametrize(("decoded", "target", "how"), [
-    ((2100, 1400), (2048, 1365), Image.Resampling.BILINEAR),  # a 4200 x 2800 photo at 1/2
-    ((2016, 1512), (2048, 1536), Image.Resampling.LANCZOS),  # 4032 x 3024: a little short
+@pytest.mark.parametrize(("decoded", "target"), [
+    ((2100, 1400), (2048, 1365)),  # a 4200 x 2800 photo at 1/2
+    ((3000, 2000), (2048, 1365)),  # a 6000 x 4000 photo at 1/2
 ])
 def test_the_resize_in_two_passes_gives_the_pixels_of_one_call(
-    decoded: tuple[int, int], target: tuple[int, int], how: Image.Resampling
+    decoded: tuple[int, int], target: tuple[int, int]
 ) -> None:
     src = Image.open(io.BytesIO(photo(decoded, 4)))
     src.load()
-    expected = src.resize(target, how)
+    expected = src.resize(target, Image.Resampling.BILINEAR)
     got = _shrink(src.copy(), target)
     assert got.size == expected.size and got.tobytes() == expected.tobytes()
 
