@@ -182,17 +182,52 @@ def resize_floor_seconds(inputs: list[Path], outputs: list[Path],
     return time.process_time() - start, own
 
 
+@dataclass(frozen=True)
+class CpuRun:
+    """One measured batch of scenario 8 and the floor measured right after it."""
+
+    per_image: float  # client CPU seconds per image, start-up left out
+    floor: float  # Pillow decoding an input and its result, seconds per image
+    resize_floor: float | None  # the least --max-side asks for, seconds per image
+    resize_own: float | None  # of which the resize and the encode
+    per_second: float
+    complete: bool
+
+    @property
+    def over(self) -> float:
+        return self.per_image / self.floor if self.floor > 0 else math.inf
+
+
+def cpu_run(ctx: Context, tag: str, folder: Path, images: int, endpoint: dict[str, Any],
+            extra: tuple[str, ...], single_cpu: float, max_side: int) -> CpuRun:
+    full, _ = run(ctx, tag, "rpq", folder, images, endpoint, extra, keep=True)
+    out = ctx.work / "runs" / f"{tag}-rpq"
+    inputs = sorted(folder.glob("*.jpg"))
+    outputs = sorted(out.glob("*.jpg"))
+    floor = floor_seconds(inputs, outputs) / max(1, len(inputs))
+    resize_floor = resize_own = None
+    if extra:
+        both = resize_floor_seconds(inputs, outputs, max_side)
+        resize_floor, resize_own = (t / len(inputs) for t in both)
+    shutil.rmtree(out, ignore_errors=True)
+    return CpuRun((full.cpu_seconds - single_cpu) / (images - 1), floor, resize_floor,
+                  resize_own, full.jobs_per_second, len(outputs) == len(inputs))
+
+
 def scenario_cpu(ctx: Context) -> Scenario:
     z = sizes_of(ctx)
+    reps = ctx.sizes.reps
     sc = Scenario("8", "Client CPU per image", (
         f"{z.cpu_images} photos per size, `echo` handler, 16 workers, rpq with its defaults. "
         f"CPU per image = (client CPU of the run - client CPU of the same command on one "
         f"photo, median of three) / {z.cpu_images - 1}: start-up and imports left out. "
         "Floor = Pillow decoding each input once plus each result rpq wrote once, measured in "
-        "the bench process right after the run. Images per second: first /run to last "
-        "result; at the floor, two cores would do 2 / floor."))
+        f"the bench process right after the run. Each case runs {reps} time(s), each with its "
+        "own floor (this machine's speed drifts by a fifth from minute to minute); the run "
+        "with the median ratio is shown, with the range of the ratios. Images per second: "
+        "first /run to last result; at the floor, two cores would do 2 / floor."))
     endpoint = {"handler": "echo", "workers_max": 16}
-    table = ["| photos | options | CPU per image ms | floor ms | ratio | images/s | "
+    table = ["| photos | options | CPU per image ms | floor ms | ratio (range) | images/s | "
              "2 cores at the floor, images/s |", "|---|---|---|---|---|---|---|"]
     data: dict[str, Any] = {}
     for mp in z.cpu_sizes:
@@ -201,56 +236,51 @@ def scenario_cpu(ctx: Context) -> Scenario:
         max_side = ("--max-side", str(z.max_side))
         for extra in (max_side,) if mp in z.cpu_max_side_only else ((), max_side):
             tag = f"s8-{mp.lower().replace(' ', '-')}{'-ms' if extra else ''}"
-            full, _ = run(ctx, tag, "rpq", folder, z.cpu_images, endpoint, extra, keep=True)
             # Start-up alone varies from run to run on a busy machine: the median of three.
             singles = [run(ctx, f"{tag}-one", "rpq", one, 1, endpoint, extra)[0].cpu_seconds
                        for _ in range(1 if ctx.quick else 3)]
             single_cpu = statistics.median(singles)
-            out = ctx.work / "runs" / f"{tag}-rpq"
-            inputs = sorted(folder.glob("*.jpg"))
-            outputs = sorted(out.glob("*.jpg"))
-            floor = floor_seconds(inputs, outputs) / max(1, len(inputs))
-            resize_floor = resize_own = None
-            if extra:
-                both = resize_floor_seconds(inputs, outputs, z.max_side)
-                resize_floor, resize_own = (t / len(inputs) for t in both)
-            shutil.rmtree(out, ignore_errors=True)
-            per_image = (full.cpu_seconds - single_cpu) / (z.cpu_images - 1)
+            runs = sorted((cpu_run(ctx, tag, folder, z.cpu_images, endpoint, extra, single_cpu,
+                                   z.max_side) for _ in range(reps)), key=lambda r: r.over)
+            m = runs[len(runs) // 2]
+            spread = (f"; {runs[0].over:.2f}-{runs[-1].over:.2f}x over {reps} runs"
+                      if reps > 1 else "")
             label = " ".join(extra) or "as they are"
-            over = per_image / floor if floor > 0 else math.inf
             why = ("base64, JSON and HTTP of the request and the result, a SHA-256 of each "
                    "file, and the job's own bookkeeping")
-            if resize_floor is not None and resize_own is not None:
+            if m.resize_floor is not None and m.resize_own is not None:
                 why = (f"the resize and the JPEG encode that --max-side asks for take "
-                       f"{resize_own / floor:.2f}x the floor on their own, which leaves them "
-                       f"out; the least --max-side asks for (scaled decode, resize, encode, "
-                       f"result decode) is {resize_floor / floor:.2f}x the floor, and rpq runs "
-                       f"at {per_image / resize_floor:.2f}x of that: {why}")
+                       f"{m.resize_own / m.floor:.2f}x the floor on their own, which leaves "
+                       f"them out; the least --max-side asks for (scaled decode, resize, "
+                       f"encode, result decode) is {m.resize_floor / m.floor:.2f}x the floor, "
+                       f"and rpq runs at {m.per_image / m.resize_floor:.2f}x of that: {why}")
             sc.rows.append(Row(
                 "8", f"client CPU per image / floor, {mp}, {label}",
-                f"{over:.2f}x ({per_image * 1000:.0f} ms / {floor * 1000:.0f} ms)", "", "",
-                f"<= {CPU_OVER_FLOOR:g}x", over <= CPU_OVER_FLOOR and len(outputs) == len(inputs),
-                why=why))
-            if resize_floor is not None and resize_own is not None:
+                f"{m.over:.2f}x ({m.per_image * 1000:.0f} ms / {m.floor * 1000:.0f} ms"
+                f"{spread})", "", "",
+                f"<= {CPU_OVER_FLOOR:g}x", m.over <= CPU_OVER_FLOOR and m.complete, why=why))
+            if m.resize_floor is not None and m.resize_own is not None:
                 sc.rows.append(Row(
                     "8", f"client CPU per image / (scaled decode + resize + encode + result "
                     f"decode), {mp}, {label}",
-                    f"{per_image / resize_floor:.2f}x ({resize_floor * 1000:.0f} ms = "
-                    f"{resize_floor / floor:.2f}x the floor)", ""))
+                    f"{m.per_image / m.resize_floor:.2f}x ({m.resize_floor * 1000:.0f} ms = "
+                    f"{m.resize_floor / m.floor:.2f}x the floor)", ""))
                 sc.rows.append(Row(
                     "8", f"the resize and the JPEG encode alone, {mp}, {label}, ms",
-                    f"{resize_own * 1000:.0f} ({resize_own / floor:.2f}x the floor)", "", "",
-                    f"(all the target leaves over the floor: {CPU_OVER_FLOOR - 1:.2f}x)"))
+                    f"{m.resize_own * 1000:.0f} ({m.resize_own / m.floor:.2f}x the floor)", "",
+                    "", f"(all the target leaves over the floor: {CPU_OVER_FLOOR - 1:.2f}x)"))
             sc.rows.append(Row("8", f"images per second, {mp}, {label}",
-                               fmt(full.jobs_per_second), "", "",
-                               f"(two cores at the floor: {2 / floor:.1f})"))
+                               fmt(m.per_second), "", "",
+                               f"(two cores at the floor: {2 / m.floor:.1f})"))
             dims = "x".join(map(str, h.PHOTO_SIZES[mp]))
-            table.append(f"| {mp} ({dims}) | {label} | {per_image * 1000:.0f} | "
-                         f"{floor * 1000:.0f} | {over:.2f}x | {full.jobs_per_second:.2f} | "
-                         f"{2 / floor:.2f} |")
-            data[f"{mp} {label}"] = {"per_image": per_image, "floor": floor, "over": over,
-                                     "per_second": full.jobs_per_second,
-                                     "resize_floor": resize_floor, "resize_own": resize_own}
+            table.append(f"| {mp} ({dims}) | {label} | {m.per_image * 1000:.0f} | "
+                         f"{m.floor * 1000:.0f} | {m.over:.2f}x ({runs[0].over:.2f}-"
+                         f"{runs[-1].over:.2f}) | {m.per_second:.2f} | {2 / m.floor:.2f} |")
+            data[f"{mp} {label}"] = {"per_image": m.per_image, "floor": m.floor,
+                                     "over": m.over, "per_second": m.per_second,
+                                     "resize_floor": m.resize_floor,
+                                     "resize_own": m.resize_own,
+                                     "over_range": [runs[0].over, runs[-1].over]}
     sc.data = data
     sc.detail = table
     sc.notes.append(
