@@ -23,6 +23,8 @@ class Budget:
     nothing else is held: it cannot fit, and refusing it forever would deadlock the batch.
     `admit` counts bytes that are already in memory (a result that just arrived) without
     waiting: they are held whatever the budget says, and new work waits until they are freed.
+    Only the first waiter is woken when bytes are freed: the others could not go before it,
+    and waking hundreds of threads to look would cost more than the work they wait for.
     Thread-safe; one instance per batch.
     """
 
@@ -30,22 +32,23 @@ class Budget:
         if limit < 1:
             raise ValueError(f"a memory budget must be positive, not {limit}")
         self.limit = limit
-        self._cond = threading.Condition()
-        self._in_use = 0
-        self._queue: deque[object] = deque()  # tickets of waiting acquires, oldest first
+        self._lock = threading.Lock()
+        # One condition per waiting acquire, oldest first; each shares the lock.
+        self._queue: deque[threading.Condition] = deque()
         self._local = threading.local()  # charge_here: bytes held per thread
+        self._in_use = 0
         self.peak = 0  # most bytes ever counted at once
         self.waited = 0  # acquires that had to wait
 
     @property
     def in_use(self) -> int:
-        with self._cond:
+        with self._lock:
             return self._in_use
 
     @property
     def waiting(self) -> int:
         """Acquires waiting for room now."""
-        with self._cond:
+        with self._lock:
             return len(self._queue)
 
     def set_aside(self, n: int) -> int:
@@ -55,7 +58,7 @@ class Budget:
         blocks, see keep_pixel_blocks): the items then share what is left. Returns the bytes
         set aside.
         """
-        with self._cond:
+        with self._lock:
             n = max(0, min(n, self.limit // 4))
             self.limit -= n
             return n
@@ -63,32 +66,33 @@ class Budget:
     def acquire(self, n: int, give_up: Callable[[], bool] | None = None) -> bool:
         """Wait until `n` bytes fit, then count them. False (nothing counted) if `give_up()`."""
         n = max(0, n)
-        ticket = object()
-        with self._cond:
-            self._queue.append(ticket)
+        with self._lock:
+            if not self._queue and self._room(n):
+                self._count(n)
+                return True
+            self.waited += 1
+            turn = threading.Condition(self._lock)
+            self._queue.append(turn)
             try:
-                if not self._fits(ticket, n):
-                    self.waited += 1
-                while not self._fits(ticket, n):
+                while self._queue[0] is not turn or not self._room(n):
                     if give_up is not None and give_up():
                         return False
-                    self._cond.wait(_RECHECK)
+                    turn.wait(_RECHECK)
                 self._count(n)
                 return True
             finally:
-                self._queue.remove(ticket)
-                # The next in line may fit now (or may now be first).
-                self._cond.notify_all()
+                self._queue.remove(turn)
+                self._wake_first()  # the next in line may fit now, or be first now
 
     def admit(self, n: int) -> None:
         """Count `n` bytes that are held already; never waits."""
-        with self._cond:
+        with self._lock:
             self._count(max(0, n))
 
     def release(self, n: int) -> None:
-        with self._cond:
+        with self._lock:
             self._in_use = max(0, self._in_use - max(0, n))
-            self._cond.notify_all()
+            self._wake_first()
 
     def charge_here(self, n: int, give_up: Callable[[], bool] | None = None) -> bool:
         """`acquire` on behalf of the calling thread, replacing what it held before.
@@ -119,13 +123,16 @@ class Budget:
 
     def wake(self) -> None:
         """Make every waiting acquire look at its give-up condition now."""
-        with self._cond:
-            self._cond.notify_all()
+        with self._lock:
+            for turn in self._queue:
+                turn.notify()
 
-    def _fits(self, ticket: object, n: int) -> bool:
-        if self._queue[0] is not ticket:
-            return False
+    def _room(self, n: int) -> bool:
         return self._in_use + n <= self.limit or self._in_use == 0
+
+    def _wake_first(self) -> None:
+        if self._queue:
+            self._queue[0].notify()
 
     def _count(self, n: int) -> None:
         self._in_use += n

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pytest
 from helpers import wait_for
 
+import rpq.budget
 from rpq.budget import Budget, map_large_blocks, text_bytes
 
 
@@ -68,6 +69,22 @@ def test_waiters_are_served_in_arrival_order() -> None:
     budget.release(90)
     assert big.done() and small.done()
     assert budget.in_use == 85
+
+
+def test_one_release_lets_every_waiter_that_now_fits_through(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Only a wake-up moves a waiter here: each one that gets its bytes wakes the next in line.
+    monkeypatch.setattr(rpq.budget, "_RECHECK", 3600.0)
+    budget = Budget(30)
+    assert budget.acquire(30)
+    waiters = []
+    for expected in range(1, 4):
+        waiters.append(Acquirer(budget, 10))
+        wait_for(lambda expected=expected: budget.waiting == expected)  # type: ignore[misc]
+    budget.release(30)
+    assert all(w.done() and w.result is True for w in waiters)
+    assert budget.in_use == 30 and budget.waiting == 0
 
 
 def test_a_waiter_can_give_up_and_counts_nothing() -> None:
