@@ -70,7 +70,9 @@ def _parse(body: bytes) -> tuple[Any, bool]:
 
 #: Bytes asked of the socket per read of an answer. requests reads 10 KB at a time: a hundred
 #: trips through its and urllib3's layers per MB of result, twice the CPU of reading it.
-_READ_CHUNK = 256 << 10
+#: Under budget.map_large_blocks' threshold, so each chunk reuses heap memory, where a
+#: mapping of its own would be faulted in page by page.
+_READ_CHUNK = 128 << 10
 
 
 def _body(resp: requests.Response) -> bytes:
