@@ -713,7 +713,8 @@ def merge(old: str, new: str, ran: set[str], meta: dict[str, Any]) -> str:
         if re.match(r"\d+\. ", title) and title.split(".")[0] in ran:
             keep[title] = body
     m = meta["machine"]
-    stamp = (f"Scenarios {', '.join(sorted(ran, key=int))} measured {m['date']} "
+    stamp = (f"Scenario{'s' if len(ran) > 1 else ''} {', '.join(sorted(ran, key=int))} "
+             f"measured {m['date']} "
              f"(`--only`, {meta['minutes']:.1f} minutes); the others as dated above.")
     lines = [line for line in old_s[""].rstrip().splitlines()
              if not _stamp_of(line) or not _stamp_of(line) <= ran]
@@ -735,8 +736,8 @@ def merge(old: str, new: str, ran: set[str], meta: dict[str, Any]) -> str:
 
 
 def _stamp_of(line: str) -> set[str]:
-    """The scenarios a "Scenarios 7, 8 measured ..." line dates, or none."""
-    found = re.match(r"Scenarios ([\d, ]+) measured ", line)
+    """The scenarios a "Scenarios 7, 8 measured ..." (or "Scenario 8 ...") line dates, or none."""
+    found = re.match(r"Scenarios? ([\d, ]+) measured ", line)
     return {k.strip() for k in found.group(1).split(",")} if found else set()
 
 

@@ -103,10 +103,12 @@ def test_a_subset_keeps_the_other_scenarios_of_the_report(
     assert "| 8 | figure | 9 |" in merged and "| 8 | figure | 3 |" not in merged
     assert merged.index("## 7. Title 7") < merged.index("## 8. Title 8")
     assert "**Missed** (scenario 8)" in merged
-    assert "Scenarios 8 measured 2026-12-01 22:00 UTC" in merged
+    assert "Scenario 8 measured 2026-12-01 22:00 UTC" in merged
     # A detail table whose first column is a number is not a figure row.
     detailed = report({"8": "9"}).replace("## 8. Title 8\n", "## 8. Title 8\n\n| 7 | x |\n")
     assert run_all.merge(full, detailed, {"8"}, meta).count("| 7 |") == 2
     again = run_all.merge(merged, report({"8": "4"}), {"8"}, meta)
     assert "**Missed**" not in again and "Every target was met" in again
-    assert again.count("Scenarios 8 measured") == 1
+    assert again.count("Scenario 8 measured") == 1
+    two = run_all.merge(again, report({"7": "5", "8": "6"}), {"7", "8"}, meta)
+    assert "Scenarios 7, 8 measured" in two and "Scenario 8 measured" not in two
