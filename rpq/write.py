@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import mimetypes
+import stat
 import threading
 import warnings
 from collections.abc import Callable
@@ -141,8 +142,19 @@ class ResultWriter:
         return [f"{stem}_{i + 1}.{EXT.get(f, f)}" for i, f in enumerate(formats)]
 
     def has(self, name: str) -> bool:
-        """Whether output `name` (as the journal recorded it) is where it was written."""
-        return self.store.exists(name) if self.store else (self.out / name).is_file()
+        """Whether output `name` (as the journal recorded it) is where it was written.
+
+        An empty file is not: results are written without fsync, so a power cut can leave a
+        name whose bytes never reached the disk (ext4 and XFS keep such a file at size 0),
+        and no image rpq writes is empty.
+        """
+        if self.store is not None:
+            return self.store.exists(name)
+        try:
+            found = (self.out / name).stat()
+        except OSError:
+            return False
+        return stat.S_ISREG(found.st_mode) and found.st_size > 0
 
     def _put(self, name: str, data: bytes) -> str:
         if self.store is not None:

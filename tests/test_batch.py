@@ -67,6 +67,22 @@ def test_rerun_skips_done_work_even_after_rename(tmp_path: Path, make_endpoint) 
     assert ep.calls()["run"] == 6
 
 
+def test_rerun_sends_again_an_image_whose_result_a_power_cut_emptied(
+    tmp_path: Path, make_endpoint
+) -> None:
+    ep = make_endpoint(handler="echo", workers_max=2)
+    src = tmp_path / "in"
+    make_images(src, 3)
+    out = tmp_path / "out"
+    assert rpq(*batch_args(src, out), env=endpoint_env(ep)).code == 0
+    # What a power cut leaves of a file renamed into place before its data reached the disk.
+    (out / "img_001.png").write_bytes(b"")
+    run = rpq(*batch_args(src, out), env=endpoint_env(ep))
+    assert run.code == 0, run.stderr
+    assert ep.calls()["run"] == 4  # that image alone went again
+    assert (out / "img_001.png").read_bytes() == (src / "img_001.png").read_bytes()
+
+
 def test_transient_errors_lose_nothing_and_duplicate_nothing(tmp_path: Path, make_endpoint
                                                              ) -> None:
     ep = make_endpoint(handler="echo", workers_max=4, faults="500=0.15,drop=0.08,429=0.03",
