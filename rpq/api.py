@@ -9,7 +9,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timezone
 from typing import Any
@@ -165,8 +165,9 @@ class RunPodClient:
 
     # -- operations -------------------------------------------------------------------------
 
-    def run(self, body: bytes) -> dict[str, Any]:
-        """POST /run with a ready JSON body; returns {"id", "status"}."""
+    def run(self, body: bytes | Iterable[bytes]) -> dict[str, Any]:
+        """POST /run with a ready JSON body (bytes, or pieces with a length: a RequestBody);
+        returns {"id", "status"}."""
         reply = self._call("run", "POST", "/run", data=body)
         if not isinstance(reply.body, dict) or not reply.body.get("id"):
             raise APIError(
@@ -277,7 +278,7 @@ class RunPodClient:
         method: str,
         path: str,
         *,
-        data: bytes | None = None,
+        data: bytes | Iterable[bytes] | None = None,
         params: dict[str, Any] | None = None,
         timeout: tuple[float, float] | None = None,
     ) -> Reply:

@@ -10,7 +10,7 @@ from typing import Any
 from rpq.budget import MB, Budget, Hold, keep_pixel_blocks
 from rpq.errors import InputError
 from rpq.images import ImageFile, Prepared, prepare, prepare_cost
-from rpq.template import RequestTemplate
+from rpq.template import RequestBody, RequestTemplate
 
 #: RunPod's documented /run body limit.
 RUN_BODY_LIMIT = 10 * 1000 * 1000
@@ -89,7 +89,7 @@ class Body:
         self.image = image
         self._hold: Hold | None = None
 
-    def open(self) -> bytes | None:
+    def open(self) -> RequestBody | None:
         """Prepare the image and render its request, waiting for room in the budget.
 
         None when the batch stops while waiting. Raises InputError for an image that cannot
@@ -109,7 +109,7 @@ class Body:
                 prepared, url = b.prepare(self.image)
             finally:
                 b.turns.release()
-            body = b.template.render(prepared, policy=b.policy, url=url)
+            body = b.template.render_body(prepared, policy=b.policy, url=url)
             del prepared  # the body is all that is sent
             if len(body) > RUN_BODY_LIMIT:
                 raise InputError(

@@ -20,6 +20,7 @@ from rpq.metrics import JobRecord, ms_to_seconds, now_iso, round3
 from rpq.poll import Poller, PollResult
 from rpq.progress import Tracker
 from rpq.states import ABANDONED, ENDED, STARTED, Column, Kind, Outcome, Status
+from rpq.template import RequestBody
 from rpq.write import ResultWriter
 
 
@@ -170,7 +171,7 @@ class Runner:
             del data
             body.close()
 
-    def _submit(self, job: Job, body: bytes, since: float,
+    def _submit(self, job: Job, body: RequestBody, since: float,
                 retries: int) -> Ticket | JobRecord | Decision:
         """POST /run to the active endpoint: the ticket, the record of a failed submit, or
         RETRY_LATER when it failed on a passing fault and --job-retries allows another go."""

@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import tenacity
 
 from rpq.api import RunPodClient, is_transient
 from rpq.errors import APIError
 from rpq.limiter import Limiters, Sleep
+
+if TYPE_CHECKING:
+    from rpq.template import RequestBody
 
 log = logging.getLogger("rpq")
 
@@ -101,7 +104,7 @@ class Caller:
 
         return retryer(paced)
 
-    def submit(self, body: bytes) -> dict[str, Any]:
+    def submit(self, body: bytes | RequestBody) -> dict[str, Any]:
         """POST /run with retries; returns {"id", "status"}."""
         return self.call("run", lambda: self.client.run(body))
 

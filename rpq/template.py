@@ -137,9 +137,14 @@ class RequestTemplate:
         `policy`, when given, is merged into the body's "policy"; its keys win over the
         template's own. `url` is what {{image_url}} becomes.
         """
+        return bytes(self.render_body(prepared, policy=policy, url=url))
+
+    def render_body(self, prepared: Prepared, *, policy: dict[str, Any] | None = None,
+                    url: str | None = None) -> RequestBody:
+        """`render`'s body as its pieces, to send without joining them."""
         compiled = self._compile(policy)
         values = _Values(prepared, elide=False, url=url)
-        return compiled.join(values.get)
+        return RequestBody(compiled.pieces(values.get))
 
     def render_preview(
         self, prepared: Prepared, *, policy: dict[str, Any] | None = None,
@@ -226,12 +231,40 @@ class _Compiled:
         pieces = re.split(f"@@{nonce}:([A-Za-z0-9_]+)@@", text)
         return cls([p.encode("ascii") for p in pieces[0::2]], pieces[1::2])
 
-    def join(self, value: Callable[[str], bytes]) -> bytes:
+    def pieces(self, value: Callable[[str], bytes]) -> list[bytes]:
         out = [self.literals[0]]
         for name, literal in zip(self.names, self.literals[1:], strict=True):
             out.append(value(name))
             out.append(literal)
-        return b"".join(out)
+        return out
+
+    def join(self, value: Callable[[str], bytes]) -> bytes:
+        return b"".join(self.pieces(value))
+
+
+class RequestBody:
+    """A request body as the pieces it is made of: the template's text around each value.
+
+    It is sent piece by piece under its Content-Length (requests streams an iterable that has
+    a length), never joined: the join would copy the image's base64 once more, 9 MB for a
+    24 MP photo sent as it is, while the pieces are held too. Iterable any number of times,
+    so a submit can be retried with it.
+    """
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self, parts: list[bytes]) -> None:
+        self.parts = tuple(parts)
+        self.size = sum(len(part) for part in self.parts)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.parts)
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.parts)
 
 
 class _Values:
