@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import email.utils
 import json
 import logging
@@ -61,11 +62,11 @@ class Reply:
     json: bool = True  # False: the body was not JSON (an HTML page, plain text, nothing)
 
 
-def _parse(body: bytes) -> tuple[Any, bool]:
+def _parse(text: str) -> tuple[Any, bool]:
     try:
-        return json.loads(body), True  # JSON is UTF-8 (RFC 8259); json tells UTF-16/32 too
+        return json.loads(text), True
     except ValueError:
-        return {"text": _plain(body.decode("utf-8", "replace").strip())[:500]}, False
+        return {"text": _plain(text.strip())[:500]}, False
 
 
 #: Bytes asked of the socket per read of an answer. requests reads 10 KB at a time: a hundred
@@ -75,9 +76,16 @@ def _parse(body: bytes) -> tuple[Any, bool]:
 _READ_CHUNK = 128 << 10
 
 
-def _body(resp: requests.Response) -> bytes:
-    """The whole body of a streamed answer (requests' errors, as `resp.content` raises them)."""
-    return b"".join(resp.iter_content(_READ_CHUNK))
+def _body(resp: requests.Response) -> str:
+    """The whole body of a streamed answer as text (requests' errors, as `resp.content` raises
+    them), decoded chunk by chunk as it arrives: a result's base64 is held as text once, where
+    joining the bytes and then decoding them would hold it twice. JSON is UTF-8 (RFC 8259;
+    a leading BOM is dropped); bytes that are not are replaced, as a page in another encoding
+    is only quoted."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")("replace")
+    text = [decoder.decode(chunk) for chunk in resp.iter_content(_READ_CHUNK)]
+    text.append(decoder.decode(b"", final=True))
+    return "".join(text)
 
 
 _TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
@@ -323,9 +331,9 @@ class RunPodClient:
         return Reply(resp.status_code, body, is_json)
 
 
-def _is_html(resp: requests.Response, raw: bytes) -> bool:
+def _is_html(resp: requests.Response, raw: str) -> bool:
     kind = resp.headers.get("Content-Type", "").lower()
-    return "html" in kind or raw.lstrip()[:1] == b"<"
+    return "html" in kind or raw.lstrip()[:1] == "<"
 
 
 def _short_cause(exc: BaseException) -> str:

@@ -3,6 +3,7 @@ of the batch is unharmed; nothing is written outside the output folder."""
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 from collections.abc import Callable, Iterator
@@ -70,6 +71,41 @@ def test_status_sync_answered_at_once_falls_back_to_status_polls(
     assert run.code == 0, run.stderr
     assert sorted(p.name for p in out.glob("*.png")) == ["a.png", "b.png", "c.png"]
     assert fake.calls["status-sync"] >= 3 and fake.calls["status"] >= 1
+
+
+def test_answers_with_a_byte_order_mark_or_other_than_utf8_text_are_still_read(
+    tmp_path: Path, fake_endpoint: Callable[[Script], FakeEndpoint]
+) -> None:
+    # A proxy that prefixes a UTF-8 BOM to every JSON answer, and a worker error in French:
+    # JSON is UTF-8, and a leading BOM is tolerated as it always was. A 502 page in Latin-1
+    # is quoted with its odd bytes replaced, not a crash.
+    def script(op: str, job: FakeJob | None) -> Reply | None:
+        if job is None or op not in ("run", "status", "status-sync"):
+            return None
+        if job.name == "latin1":
+            return Reply(502, "<html><title>Passerelle d\u00e9faillante</title></html>"
+                         .encode("latin-1"), "text/html")
+        if op == "run":
+            return Reply(200, b"\xef\xbb\xbf" + json.dumps(
+                {"id": job.id, "status": "IN_QUEUE"}).encode())
+        if job.name == "failed":
+            return Reply(200, b"\xef\xbb\xbf" + json.dumps(
+                {"id": job.id, "status": "FAILED", "error": "d\u00e9j\u00e0 vu \u2713"},
+                ensure_ascii=False).encode())
+        return Reply(200, b"\xef\xbb\xbf" + json.dumps(
+            {"id": job.id, "status": "COMPLETED", "output": {"image": job.input["image"]}}
+        ).encode())
+
+    fake = fake_endpoint(script)
+    run, _, out = scripted_batch(tmp_path, fake, ["done", "failed", "latin1"],
+                                 "--max-retries", "0", "--job-retries", "0")
+    assert run.code == 1, run.stderr
+    jobs = job_records(out)
+    assert jobs["done.png"]["status"] == "COMPLETED" and decodes(out / "done.png")
+    assert "d\u00e9j\u00e0 vu \u2713" in jobs["failed.png"]["error"]
+    assert jobs["latin1.png"]["status"] != "COMPLETED"
+    assert "HTTP 502" in jobs["latin1.png"]["error"]
+    assert "Passerelle d\ufffdfaillante" in jobs["latin1.png"]["error"]
 
 
 # --- output shapes from a worker (a user handler on the local endpoint) ----------------------
