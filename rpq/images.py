@@ -740,7 +740,7 @@ def _reencode(
     frame = _normalise_mode(im, out_kind)
     if frame is not im:
         im.close()  # the decoded original is not needed once converted
-    if max_side is not None and max(frame.size) > max_side and new_size is not None:
+    if new_size is not None and max(frame.size) > max(new_size):  # over --max-side still
         frame = _shrink(frame, new_size)
     frame = _upright(frame, orientation)
 
