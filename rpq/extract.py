@@ -228,9 +228,10 @@ def _strict_b64decode(text: str) -> bytes:
 
 def _b64decode(text: str) -> bytes | None:
     """Strict base64 (either alphabet); whitespace and missing padding are forgiven."""
-    if len(text) % 4 == 0 and text and "=" not in text[:-2]:
-        # What workers send: one line, standard alphabet, padded. One pass in C, instead of
-        # the regular expressions below (a 10 MB image costs them about 80 ms of CPU).
+    if len(text) % 4 == 0 and text and text.find("=", 0, len(text) - 2) < 0:
+        # What workers send: one line, standard alphabet, padded (no "=" before the last two
+        # characters, looked for in place: a slice would copy the text). One pass in C,
+        # instead of the regular expressions below (a 10 MB image costs them about 80 ms).
         try:
             return _strict_b64decode(text)
         except (binascii.Error, ValueError):
