@@ -163,13 +163,15 @@ def resize_floor_seconds(inputs: list[Path], outputs: list[Path],
     decoding each result once. Returns (all of it, the resize and the encode alone)."""
     from PIL import Image
 
+    from rpq.images import _near  # rpq's own rule for how far under the target a scale may be
+
     start = time.process_time()
     own = 0.0
     for path in inputs:
         with Image.open(io.BytesIO(path.read_bytes())) as im:
             scale = max_side / max(im.size)
             size = (round(im.width * scale), round(im.height * scale))
-            im.draft(None, (size[0] - size[0] // 32, size[1] - size[1] // 32))
+            im.draft(None, (_near(size[0]), _near(size[1])))
             im.load()
             begin = time.process_time()
             small = im.resize(size, Image.Resampling.BILINEAR) if max(im.size) > max_side \
