@@ -193,9 +193,25 @@ def discover(
     )
 
 
-def _list_names(path: str) -> list[str]:
+def _list_names(path: str) -> Iterator[str]:
+    """A directory's entry names in sorted order, listed now, handed out one at a time.
+
+    The names of a directory must all be read before the first can be given in order; they
+    are kept as one string (a name cannot hold a NUL), about a fifth of the memory of a list
+    of strings: 3 MB less for a folder of 50,000 images, held for the whole walk.
+    """
     with os.scandir(path) as it:
-        return sorted(entry.name for entry in it)
+        packed = "\0".join(sorted(entry.name for entry in it))
+    return _unpacked(packed)
+
+
+def _unpacked(packed: str) -> Iterator[str]:
+    start, end = 0, len(packed)
+    while start < end:
+        stop = packed.find("\0", start)
+        stop = end if stop < 0 else stop
+        yield packed[start:stop]
+        start = stop + 1
 
 
 def _walk(
@@ -212,7 +228,7 @@ def _walk(
 
     # One frame per open directory: (path, rel prefix, remaining names, identity).
     stack: list[tuple[str, str, Iterator[str], tuple[int, int]]] = [
-        (root, "", iter(names), root_key)
+        (root, "", names, root_key)
     ]
     del names
     ancestors = {root_key}
@@ -250,7 +266,7 @@ def _walk(
                 continue
             entered[dir_key] = rel
             ancestors.add(dir_key)
-            stack.append((path, rel + "/", iter(names), dir_key))
+            stack.append((path, rel + "/", names, dir_key))
             del names
             continue
 
