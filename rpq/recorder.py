@@ -20,6 +20,7 @@ from rpq.metrics import JobRecord, RunStats, now_iso, write_metrics
 from rpq.progress import Reporter, Tracker, describe_not_an_image
 from rpq.runs import RUNS_NAME, RunHistory
 from rpq.settings import BatchSettings
+from rpq.spill import SpillMap
 from rpq.states import Column, Kind, column_of
 from rpq.storage import Bucket
 
@@ -107,16 +108,19 @@ class Recorder:
         self.reporter.job_done(record, skipped=not count, twin_of=twin_of)
 
     def _folder_jobs(self) -> Iterator[JobRecord]:
-        """Every image the output folder knows: this run's records, then the journal's others."""
-        names: set[str] = set()
-        for record in self._spooled():
-            names.add(record.input)
-            yield record
-        for entry in self.journal.entries.values():
-            saved = entry.record
-            if saved is not None and saved.get("input") not in names:
-                names.add(str(saved.get("input")))
-                yield JobRecord.from_dict(saved)
+        """Every image the output folder knows: this run's records, then the journal's others.
+
+        The names already given are kept on disk (SpillMap), as the run's keys are: a set of
+        them would be the one thing at the end of a run that grows with the folder.
+        """
+        with contextlib.closing(SpillMap()) as names:
+            for record in self._spooled():
+                names.add(record.input)
+                yield record
+            for entry in self.journal.entries.values():
+                saved = entry.record
+                if saved is not None and names.add(str(saved.get("input"))):
+                    yield JobRecord.from_dict(saved)
 
     def _spooled(self) -> Iterator[JobRecord]:
         assert self._spool is not None
