@@ -22,6 +22,14 @@ RSS_MB = 150.0
 GROWTH_MB = 0.25
 
 
+#: What grows with the images of one run; one run of each size, so RSS noise of 1-2 MB moves
+#: the figure by up to 0.05.
+GROWTH_WHY = (
+    "a flat folder's names, all read and sorted before the walk (held packed, about 15 bytes "
+    "each), and at the end the folder's time figures (24 bytes per image) and their sort. "
+    "SQLite's page caches and the journal's recent entries fill to their bounds in both runs")
+
+
 @dataclass(frozen=True)
 class JournalSizes:
     """Everything --quick shrinks in scenarios 10-11."""
@@ -162,7 +170,7 @@ def scenario_flat(ctx: Context) -> Scenario:
                        f"{figures.max_rss_mb:.0f}", "", "", f"<= {RSS_MB:g}",
                        figures.max_rss_mb <= RSS_MB and figures.completed == z.e2e_images))
     sc.rows.append(Row("11", "peak RSS growth per 1,000 images, MB", f"{growth:.2f}", "", "",
-                       f"<= {GROWTH_MB:g}", growth <= GROWTH_MB))
+                       f"<= {GROWTH_MB:g}", growth <= GROWTH_MB, why=GROWTH_WHY))
     sc.rows.append(Row("11", f"jobs per second, {z.e2e_images:,} images",
                        fmt(figures.jobs_per_second), "", ""))
     index = index_path(out / JOURNAL_NAME)
